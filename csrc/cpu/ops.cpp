@@ -1,0 +1,143 @@
+// Torch binding of the CPU kernel: the `quasr::qlinear` op (schema below), threaded with
+// at::parallel_for. Only the ATen headers this file needs (torch/extension.h costs ~45 s).
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/constant_pad_nd.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
+#include <Python.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "qgemm.h"
+
+namespace {
+
+at::Tensor qlinear_cpu(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales,
+                       const std::optional<at::Tensor>& zeros, const std::optional<at::Tensor>& bias, int64_t bits,
+                       int64_t group_size, int64_t in_features, int64_t kernel) {
+  TORCH_CHECK(bits >= 2 && bits <= 8, "quasr::qlinear: bits must be 2..8, got ", bits);
+  TORCH_CHECK(packed.dim() == 2 && packed.scalar_type() == at::kByte, "quasr::qlinear: packed must be uint8 [N, Kp*bits/8]");
+  TORCH_CHECK((packed.size(1) * 8) % bits == 0, "quasr::qlinear: packed row length does not match bits");
+  const int64_t N = packed.size(0), Kp = packed.size(1) * 8 / bits;
+  TORCH_CHECK(group_size > 0 && Kp % group_size == 0 && group_size % 8 == 0 && Kp % 32 == 0,
+              "quasr::qlinear: bad group_size ", group_size, " for padded K ", Kp);
+  TORCH_CHECK(in_features > 0 && in_features <= Kp, "quasr::qlinear: in_features ", in_features, " > padded K ", Kp);
+  TORCH_CHECK(x.size(-1) == in_features, "quasr::qlinear: input has ", x.size(-1), " features, layer expects ", in_features);
+  const int64_t ng = Kp / group_size;
+  TORCH_CHECK(scales.scalar_type() == at::kHalf && scales.dim() == 2 && scales.size(0) == N && scales.size(1) == ng,
+              "quasr::qlinear: scales must be float16 [N, n_groups]");
+  if (zeros.has_value())
+    TORCH_CHECK(zeros->scalar_type() == at::kHalf && zeros->sizes() == scales.sizes(),
+                "quasr::qlinear: zeros must be float16 like scales");
+  if (bias.has_value()) TORCH_CHECK(bias->numel() == N, "quasr::qlinear: bias must have ", N, " elements");
+  TORCH_CHECK(x.device().is_cpu() && packed.device().is_cpu(), "quasr::qlinear: CPU kernel got a non-CPU tensor");
+
+  const auto kind = quasr::choose_kernel(static_cast<quasr::Kernel>(kernel), 1);  // validates the request
+  TORCH_CHECK(static_cast<quasr::Kernel>(kernel) == quasr::Kernel::Auto ||
+                  static_cast<quasr::Kernel>(kernel) == quasr::Kernel::Scalar || kind != quasr::Kernel::Scalar,
+              "quasr::qlinear: an AVX2 kernel was requested but this CPU lacks AVX2/FMA/F16C");
+
+  at::Tensor x2 = x.reshape({-1, in_features}).to(at::kFloat).contiguous();
+  if (Kp != in_features) x2 = at::constant_pad_nd(x2, {0, Kp - in_features}, 0);
+  const int64_t M = x2.size(0);
+  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
+  out_shape.back() = N;
+  at::Tensor y = at::empty({M, N}, x2.options());
+  at::Tensor packed_c = packed.contiguous(), scales_c = scales.contiguous();
+  at::Tensor zeros_c = zeros.has_value() ? zeros->contiguous() : at::Tensor();
+  at::Tensor bias_c = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
+  if (M == 0) return y.view(out_shape).to(x.scalar_type());
+
+  quasr::QGemmArgs args;
+  args.x = x2.data_ptr<float>();
+  args.packed = packed_c.data_ptr<uint8_t>();
+  args.scales = reinterpret_cast<const uint16_t*>(scales_c.data_ptr<at::Half>());
+  args.zeros = zeros_c.defined() ? reinterpret_cast<const uint16_t*>(zeros_c.data_ptr<at::Half>()) : nullptr;
+  args.bias = bias_c.defined() ? bias_c.data_ptr<float>() : nullptr;
+  args.y = y.data_ptr<float>();
+  args.M = M;
+  args.N = N;
+  args.Kp = Kp;
+  args.group_size = group_size;
+  args.bits = static_cast<int>(bits);
+
+  const quasr::Kernel chosen = quasr::choose_kernel(static_cast<quasr::Kernel>(kernel), M);
+  if (chosen == quasr::Kernel::Blas) {
+    // Tiles of W rows dequantized in parallel, then one BLAS call per tile (BLAS threads itself).
+    constexpr int64_t kTile = 256;
+    at::Tensor wtile = at::empty({std::min(N, kTile), Kp}, x2.options());
+    at::Tensor bias_f = bias_c;
+    for (int64_t n0 = 0; n0 < N; n0 += kTile) {
+      const int64_t nt = std::min(kTile, N - n0);
+      at::Tensor w = wtile.narrow(0, 0, nt);
+      float* wp = w.data_ptr<float>();
+      at::parallel_for(n0, n0 + nt, 16, [&](int64_t b, int64_t e) { quasr::dequantize_rows(args, b, e, wp + (b - n0) * Kp); });
+      at::Tensor part = at::mm(x2, w.t());
+      if (bias_f.defined()) part.add_(bias_f.narrow(0, n0, nt));
+      y.narrow(1, n0, nt).copy_(part);
+    }
+    return y.view(out_shape).to(x.scalar_type());
+  }
+  std::vector<float> prepared(quasr::prepared_floats(chosen, args));
+  quasr::prepare(chosen, args, prepared.data());
+  const int64_t rows = quasr::rows_per_task(chosen);
+  const int64_t tasks = (N + rows - 1) / rows;
+  const int64_t scratch = quasr::scratch_floats(chosen, args);
+  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> buf(scratch);
+    for (int64_t t = begin; t < end; ++t)
+      quasr::qgemm_rows(chosen, args, prepared.data(), t * rows, std::min(N, (t + 1) * rows), buf.data());
+  });
+  return y.view(out_shape).to(x.scalar_type());
+}
+
+// Dense float [N, in_features] weight from the packed format (native twin of format.dequantize).
+at::Tensor dequantize_cpu(const at::Tensor& packed, const at::Tensor& scales, const std::optional<at::Tensor>& zeros,
+                          int64_t bits, int64_t group_size, int64_t in_features) {
+  TORCH_CHECK(bits >= 2 && bits <= 8 && packed.dim() == 2 && packed.scalar_type() == at::kByte,
+              "quasr::dequantize: packed must be uint8 [N, Kp*bits/8] and bits 2..8");
+  const int64_t N = packed.size(0), Kp = packed.size(1) * 8 / bits;
+  TORCH_CHECK(group_size > 0 && Kp % group_size == 0 && Kp % 32 == 0 && in_features <= Kp,
+              "quasr::dequantize: bad group_size/in_features");
+  TORCH_CHECK(scales.scalar_type() == at::kHalf && scales.numel() == N * (Kp / group_size), "quasr::dequantize: bad scales");
+  at::Tensor packed_c = packed.contiguous(), scales_c = scales.contiguous();
+  at::Tensor zeros_c = zeros.has_value() ? zeros->contiguous() : at::Tensor();
+  at::Tensor out = at::empty({N, Kp}, packed.options().dtype(at::kFloat));
+  quasr::QGemmArgs args{};
+  args.packed = packed_c.data_ptr<uint8_t>();
+  args.scales = reinterpret_cast<const uint16_t*>(scales_c.data_ptr<at::Half>());
+  args.zeros = zeros_c.defined() ? reinterpret_cast<const uint16_t*>(zeros_c.data_ptr<at::Half>()) : nullptr;
+  args.N = N;
+  args.Kp = Kp;
+  args.group_size = group_size;
+  args.bits = static_cast<int>(bits);
+  float* op = out.data_ptr<float>();
+  at::parallel_for(0, N, 16, [&](int64_t b, int64_t e) { quasr::dequantize_rows(args, b, e, op + b * Kp); });
+  return Kp == in_features ? out : out.narrow(1, 0, in_features);
+}
+
+bool cpu_has_avx2() { return quasr::cpu_has_avx2_fma(); }
+
+}  // namespace
+
+TORCH_LIBRARY(quasr, m) {
+  m.def(
+      "qlinear(Tensor x, Tensor packed, Tensor scales, Tensor? zeros, Tensor? bias, int bits, int group_size, "
+      "int in_features, int kernel=0) -> Tensor");
+  m.def("dequantize(Tensor packed, Tensor scales, Tensor? zeros, int bits, int group_size, int in_features) -> Tensor");
+  m.def("cpu_has_avx2() -> bool", &cpu_has_avx2);
+}
+
+TORCH_LIBRARY_IMPL(quasr, CPU, m) {
+  m.impl("qlinear", &qlinear_cpu);
+  m.impl("dequantize", &dequantize_cpu);
+}
+
+// `import quasr._C` loads this library, which runs the registrations above. No Python API here.
+extern "C" PyObject* PyInit__C(void) {
+  static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module);
+}

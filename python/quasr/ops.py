@@ -1,0 +1,81 @@
+"""Custom ops: one place that declares them, their fake (meta) implementations, and the single
+dispatch point between native kernels and the plain-torch reference.
+
+`quasr::qlinear(x, packed, scales, zeros, bias, bits, group_size, in_features, kernel=0)` computes
+`x @ dequant(W).T + bias` from the packed format (format.py). The CPU implementation lives in
+csrc/cpu (quasr._C). `kernel` picks a path for tests and benchmarks: 0 auto (by M), 1 GEMV, 2 GEMM,
+3 portable scalar, 4 dequantized tiles + torch's BLAS (large M).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .format import PackedWeight, dequantize
+
+KERNELS = {"auto": 0, "gemv": 1, "gemm": 2, "scalar": 3, "blas": 4}
+
+try:  # loading the library registers torch.ops.quasr.* (TORCH_LIBRARY in csrc/cpu/ops.cpp)
+    from . import _C  # noqa: F401
+
+    NATIVE_CPU = True
+except ImportError as exc:  # a source checkout that was never built
+    NATIVE_CPU = False
+    _IMPORT_ERROR = exc
+
+if NATIVE_CPU:
+
+    @torch.library.register_fake("quasr::qlinear")
+    def _qlinear_fake(x, packed, scales, zeros, bias, bits, group_size, in_features, kernel=0):
+        torch._check(x.shape[-1] == in_features)
+        return x.new_empty((*x.shape[:-1], packed.shape[0]))
+
+    @torch.library.register_fake("quasr::dequantize")
+    def _dequantize_fake(packed, scales, zeros, bits, group_size, in_features):
+        return packed.new_empty((packed.shape[0], in_features), dtype=torch.float32)
+
+
+def reference_qlinear(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Plain torch: dequantize, then matmul in float32. Every kernel is tested against this."""
+    w = dequantize(pw).to(x.device)
+    y = x.to(torch.float32) @ w.T
+    if bias is not None:
+        y = y + bias.to(torch.float32)
+    return y.to(x.dtype)
+
+
+def use_native() -> bool:
+    """Native kernels unless QUASR_REFERENCE=1 (debugging) or the extension is missing."""
+    return NATIVE_CPU and os.environ.get("QUASR_REFERENCE", "0") != "1"
+
+
+def qlinear(
+    x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None = None, kernel: str = "auto"
+) -> torch.Tensor:
+    """y = x @ dequant(W).T + bias. The one dispatch point: native kernel or reference."""
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {sorted(KERNELS)}, got {kernel!r}")
+    if x.shape[-1] != pw.in_features:
+        raise ValueError(f"input has {x.shape[-1]} features, the quantized layer expects {pw.in_features}")
+    if x.device.type == "cpu" and use_native():
+        return torch.ops.quasr.qlinear(
+            x, pw.packed, pw.scales, pw.zeros, bias, pw.bits, pw.group_size, pw.in_features, KERNELS[kernel]
+        )
+    if kernel not in ("auto",) and x.device.type == "cpu":
+        raise RuntimeError(f"kernel={kernel!r} needs the native extension, which failed to load: {_IMPORT_ERROR}")
+    return reference_qlinear(x, pw, bias)
+
+
+def dequantize_weight(pw: PackedWeight) -> torch.Tensor:
+    """Dense float32 [N, in_features] weight: native when available, else the reference."""
+    if pw.packed.device.type == "cpu" and use_native():
+        return torch.ops.quasr.dequantize(pw.packed, pw.scales, pw.zeros, pw.bits, pw.group_size, pw.in_features)
+    return dequantize(pw)
+
+
+def native_status() -> str:
+    if not NATIVE_CPU:
+        return f"reference only (native extension not built: {_IMPORT_ERROR})"
+    return "native CPU kernels: " + ("AVX2+FMA" if torch.ops.quasr.cpu_has_avx2() else "portable scalar (no AVX2)")
