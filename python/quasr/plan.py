@@ -70,12 +70,13 @@ def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def _tied_embeddings(model: nn.Module, linears: dict[str, nn.Module]) -> dict[str, list[str]]:
-    """linear name -> names of nn.Embedding modules sharing its weight tensor."""
-    by_ptr = {m.weight.data_ptr(): n for n, m in linears.items() if isinstance(m, nn.Linear)}
+    """linear name -> names of nn.Embedding modules sharing its weight Parameter (by identity, which
+    also works on the meta device where every data_ptr is 0)."""
+    by_id = {id(m.weight): n for n, m in linears.items() if isinstance(m, nn.Linear)}
     tied: dict[str, list[str]] = {}
     for n, m in model.named_modules():
-        if isinstance(m, nn.Embedding) and m.weight.data_ptr() in by_ptr:
-            tied.setdefault(by_ptr[m.weight.data_ptr()], []).append(n)
+        if isinstance(m, nn.Embedding) and id(m.weight) in by_id:
+            tied.setdefault(by_id[id(m.weight)], []).append(n)
     return tied
 
 

@@ -1,0 +1,196 @@
+"""The `quasr` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def _default_data() -> str:
+    env = os.environ.get("QUASR_SPEECH")
+    if env:
+        return str(Path(env) / "prompts" / "manifest.jsonl")
+    for base in (Path.cwd(), Path(__file__).resolve().parents[2]):
+        cand = base.parent / "shared" / "speech" / "prompts" / "manifest.jsonl"
+        if cand.exists():
+            return str(cand)
+    return ""
+
+
+def _quiet_transformers() -> None:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _group(value: str) -> int:
+    return -1 if value in ("-1", "channel", "per-channel") else int(value)
+
+
+def _add_quant_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bits", type=int, default=4, help="weight bits, 2-8 (default 4)")
+    p.add_argument("--group-size", type=_group, default=128, help="32, 64, 128 (default) or -1 for per-channel")
+    p.add_argument("--symmetric", action="store_true", help="symmetric quantization (default asymmetric)")
+    p.add_argument("--method", default="rtn", choices=["rtn"], help="PTQ method (default rtn)")
+    p.add_argument("--clip", default="mse", choices=["mse", "minmax"], help="RTN range: MSE clip search (default) or min-max")
+    p.add_argument("--keep", action="append", default=[], metavar="GLOB", help="keep matching layers in float (repeatable)")
+
+
+def _quantize(model, args):
+    from .plan import rtn_quantizer, swap, uniform_plan
+
+    plan = uniform_plan(model, args.bits, args.group_size, args.symmetric, tuple(args.keep))
+    return swap(model, plan, rtn_quantizer(args.clip), progress=sys.stderr.isatty())
+
+
+def _summary(label: str, r: dict) -> str:
+    wer = "n/a" if r.get("wer") is None else f"{r['wer']:.2f}%"
+    return (f"{label:<22} WER {wer:>7}  size {r['size_mb']:7.2f} MB  avg bits {r['avg_bits']:5.2f}  "
+            f"{r['n_clips']} clips  {r['seconds']:.1f} s  RTF {r['rtf']:.3f}")
+
+
+def cmd_quantize(args) -> int:
+    from .models import load_model
+    from .plan import average_bits, model_size_bytes
+    from .serialize import save_quantized
+
+    model, processor = load_model(args.model)
+    start = time.perf_counter()
+    _quantize(model, args)
+    meta = {"source": args.model, "method": args.method, "clip": args.clip}
+    save_quantized(model, processor, args.out, meta)
+    out = {"out": str(args.out), "size_mb": model_size_bytes(model) / 1e6, "avg_bits": average_bits(model),
+           "seconds": time.perf_counter() - start, "bits": args.bits, "group_size": args.group_size, "method": args.method}
+    print(json.dumps(out) if args.json else f"saved {args.out}: {out['size_mb']:.2f} MB, avg {out['avg_bits']:.2f} bits ({out['seconds']:.1f} s)")
+    return 0
+
+
+def _load_data(args):
+    from .data import load_clips
+
+    data = args.data or _default_data()
+    if not data:
+        raise SystemExit("quasr: no --data given and ../shared/speech not found; pass --data MANIFEST_OR_DIR")
+    return load_clips(data, args.language, args.limit)
+
+
+def cmd_eval(args) -> int:
+    from .evaluate import evaluate
+    from .models import load_model
+
+    clips = _load_data(args)
+    model, processor = load_model(args.model)
+    r = evaluate(model, processor, clips, args.language, args.batch_size, progress=sys.stderr.isatty())
+    if not args.transcripts:
+        r.pop("transcripts")
+    r["model"] = args.model
+    print(json.dumps(r) if args.json else _summary(args.model, r))
+    return 0
+
+
+def cmd_transcribe(args) -> int:
+    from .audio import load_audio
+    from .evaluate import transcribe
+    from .models import load_model
+
+    waves = [load_audio(a) for a in args.audio]
+    model, processor = load_model(args.model)
+    texts = transcribe(model, processor, waves, args.language, args.batch_size)
+    if args.json:
+        print(json.dumps([{"audio": a, "text": t} for a, t in zip(args.audio, texts)]))
+    else:
+        for a, t in zip(args.audio, texts):
+            print(f"{a}\t{t}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """Float vs quantized whisper-tiny.en (or --model) on the English prompts (or --data)."""
+    from .evaluate import evaluate
+    from .models import load_model
+
+    clips = _load_data(args)
+    results = {}
+    model, processor = load_model(args.model)
+    results["float"] = evaluate(model, processor, clips, args.language, args.batch_size, progress=sys.stderr.isatty())
+    print(_summary(f"{args.model} float", results["float"]), flush=True)
+    _quantize(model, args)
+    label = f"{args.bits}-bit {args.method} g{args.group_size}"
+    results[label] = evaluate(model, processor, clips, args.language, args.batch_size, progress=sys.stderr.isatty())
+    print(_summary(label, results[label]), flush=True)
+    if args.json:
+        print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "transcripts"} for k, v in results.items()}))
+    return 0
+
+
+def cmd_info(args) -> int:
+    import torch
+
+    from . import __version__
+    from .ops import native_status
+
+    print(f"quasr {__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads; {native_status()}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="quasr", description="Low-bit PTQ for speech recognition models")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    def data_args(p):
+        p.add_argument("--data", help="manifest .jsonl, folder of audio (+ .txt transcripts), or hf:NAME[:CONFIG]:SPLIT "
+                                      "(default: ../shared/speech/prompts)")
+        p.add_argument("--language", default=None, help="language code: filters the data, sets Whisper's language")
+        p.add_argument("--limit", type=int, default=None, help="use the first N clips")
+        p.add_argument("--batch-size", type=int, default=8)
+        p.add_argument("--json", action="store_true", help="print figures as one JSON object")
+
+    p = sub.add_parser("quantize", help="quantize a model and save it")
+    p.add_argument("model")
+    _add_quant_args(p)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_quantize)
+
+    p = sub.add_parser("eval", help="WER, size, latency of a model or quantized directory")
+    p.add_argument("model")
+    data_args(p)
+    p.add_argument("--transcripts", action="store_true", help="include per-clip transcripts in --json output")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("transcribe", help="transcribe audio files")
+    p.add_argument("model")
+    p.add_argument("audio", nargs="+")
+    p.add_argument("--language", default=None)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_transcribe)
+
+    p = sub.add_parser("demo", help="float vs quantized on real speech (the `make demo` job)")
+    p.add_argument("--model", default="whisper-tiny.en")
+    _add_quant_args(p)
+    data_args(p)
+    p.set_defaults(func=cmd_demo, language="en")
+
+    p = sub.add_parser("info", help="versions and which kernels are active")
+    p.set_defaults(func=cmd_info)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet_transformers()
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        print(f"quasr: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
