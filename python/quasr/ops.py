@@ -63,8 +63,8 @@ def qlinear(
         return torch.ops.quasr.qlinear(
             x, pw.packed, pw.scales, pw.zeros, bias, pw.bits, pw.group_size, pw.in_features, KERNELS[kernel]
         )
-    if kernel not in ("auto",) and x.device.type == "cpu":
-        raise RuntimeError(f"kernel={kernel!r} needs the native extension, which failed to load: {_IMPORT_ERROR}")
+    if kernel != "auto" and x.device.type == "cpu":
+        raise RuntimeError(f"kernel={kernel!r} needs the native kernels: {native_status()} (or QUASR_REFERENCE=1 is set)")
     return reference_qlinear(x, pw, bias)
 
 

@@ -23,7 +23,7 @@ KEEP = "keep"
 
 def quantizable_layers(model: nn.Module) -> dict[str, nn.Module]:
     """nn.Linear and nn.Conv1d modules, in module (execution) order."""
-    return {n: m for n, m in model.named_modules() if type(m) in (nn.Linear, nn.Conv1d) or isinstance(m, (nn.Linear, nn.Conv1d))}
+    return {n: m for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv1d))}
 
 
 def check_spec(name: str, spec) -> dict | str:
@@ -115,11 +115,16 @@ def swap(model: nn.Module, plan: dict, quantizer: Quantizer | None = None,
             QuantConv1d.check_supported(module)
         pw = weights[name] if weights and name in weights else quantizer(name, _flat_weight(module), spec)
         new = QuantConv1d.from_float(module, pw) if isinstance(module, nn.Conv1d) else QuantLinear.from_float(module, pw)
-        _set_module(model, name, new)
-        for emb_name in tied.get(name, []):
-            emb = model.get_submodule(emb_name)
-            _set_module(model, emb_name, QuantTiedEmbedding(new, emb.padding_idx, getattr(emb, "embed_scale", None)))
+        _install(model, name, new, tied.get(name, []))
     return model
+
+
+def _install(model: nn.Module, name: str, new: nn.Module, tied_embeddings: list[str]) -> None:
+    """Put a packed module in place, and point embeddings tied to it at its packed rows."""
+    _set_module(model, name, new)
+    for emb_name in tied_embeddings:
+        emb = model.get_submodule(emb_name)
+        _set_module(model, emb_name, QuantTiedEmbedding(new, emb.padding_idx, getattr(emb, "embed_scale", None)))
 
 
 def empty_swap(model: nn.Module, plan: dict) -> None:
@@ -137,10 +142,7 @@ def empty_swap(model: nn.Module, plan: dict) -> None:
             new = QuantConv1d(m.in_channels, m.out_channels, m.kernel_size[0], m.stride[0], m.padding[0], **kw)
         else:
             new = QuantLinear(m.in_features, m.out_features, **kw)
-        _set_module(model, name, new)
-        for emb_name in tied.get(name, []):
-            emb = model.get_submodule(emb_name)
-            _set_module(model, emb_name, QuantTiedEmbedding(new, emb.padding_idx, getattr(emb, "embed_scale", None)))
+        _install(model, name, new, tied.get(name, []))
 
 
 def current_plan(model: nn.Module) -> dict:
