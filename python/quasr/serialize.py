@@ -42,11 +42,31 @@ def save_quantized(model, processor, out_dir: str | Path, meta: dict | None = No
     return out
 
 
+def _restore_computed_buffers(model, model_class, config) -> None:
+    """Non-persistent buffers (e.g. rotary inverse frequencies) are computed at construction, not
+    saved; on the meta device they stay empty. Build an uninitialised CPU twin (torch.empty: no
+    weights are touched) and take those buffers from it."""
+    missing = [n for n, b in model.named_buffers() if b.is_meta]
+    if not missing:
+        return
+    from transformers.initialization import no_init_weights
+
+    with no_init_weights():
+        twin = model_class(config)
+    source = dict(twin.named_buffers())
+    for name in missing:
+        if name in source:
+            parent, _, leaf = name.rpartition(".")
+            model.get_submodule(parent).register_buffer(leaf, source[name].clone(), persistent=False)
+
+
 def load_quantized(path: str | Path):
     """(model, processor) from a directory written by save_quantized."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoProcessor, GenerationConfig, WhisperForConditionalGeneration
+    from transformers import AutoConfig, AutoProcessor, GenerationConfig
+
+    from .adapters import adapter_class
 
     path = Path(path)
     try:
@@ -56,10 +76,12 @@ def load_quantized(path: str | Path):
     if info.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path}: unsupported quasr format version {info.get('format_version')!r}")
     config = AutoConfig.from_pretrained(path)
-    if config.model_type != "whisper":
-        raise CheckpointError(f"{path}: unsupported model type {config.model_type!r}")
+    try:
+        model_class = adapter_class(config.model_type).model_class()
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
     with torch.device("meta"):
-        model = WhisperForConditionalGeneration(config)
+        model = model_class(config)
     try:
         empty_swap(model, info["plan"])
     except (ValueError, KeyError) as exc:
@@ -81,6 +103,7 @@ def load_quantized(path: str | Path):
             f"wrong shape/dtype {wrong[:4]}"
         )
     model.load_state_dict(state, strict=True, assign=True)
+    _restore_computed_buffers(model, model_class, config)
     left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if left:
         raise CheckpointError(f"{path}: tensors not restored from the checkpoint: {left[:4]}")

@@ -1,0 +1,221 @@
+"""The one interface the rest of quasr uses to talk to a model family.
+
+An adapter wraps a (model, processor) pair and knows how to: load the family from a local directory
+or hub id, turn waveforms into model inputs, transcribe a batch (greedy generation for
+encoder-decoders, greedy CTC for CTC models), list the quantizable modules in execution order grouped
+into blocks, and run calibration forward passes so hooks see realistic activations. Sensitivity,
+allocation, PTQ methods and evaluation only go through this interface; a new family is one new file
+that subclasses `ModelAdapter` and registers itself with `@register`.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..audio import SAMPLE_RATE, is_silent
+
+_REGISTRY: dict[str, type["ModelAdapter"]] = {}
+
+
+def register(cls: type["ModelAdapter"]) -> type["ModelAdapter"]:
+    for mt in cls.model_types:
+        _REGISTRY[mt] = cls
+    return cls
+
+
+def adapter_class(model_type: str) -> type["ModelAdapter"]:
+    if model_type not in _REGISTRY:
+        raise ValueError(
+            f"unsupported model type {model_type!r}: quasr supports {', '.join(sorted(_REGISTRY))} "
+            f"(a new family is one adapter file in quasr/adapters/)"
+        )
+    return _REGISTRY[model_type]
+
+
+def get_adapter(model: nn.Module, processor) -> "ModelAdapter":
+    return adapter_class(getattr(model.config, "model_type", None))(model, processor)
+
+
+def supported_model_types() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+@dataclass
+class Block:
+    """A unit of execution: the front-end convolutions, one encoder or decoder layer, or a head."""
+
+    name: str  # e.g. "model.encoder.layers.3"
+    kind: str  # "frontend" | "encoder" | "decoder" | "head"
+    layers: list[str] = field(default_factory=list)  # quantizable module names, in execution order
+
+
+def split_long(wave: np.ndarray, max_seconds: float = 30.0) -> list[np.ndarray]:
+    """Cut audio longer than `max_seconds` at the quietest 100 ms within the window's last third."""
+    limit = int(max_seconds * SAMPLE_RATE)
+    pieces = []
+    while len(wave) > limit:
+        frame = SAMPLE_RATE // 10
+        lo = limit - min(10 * SAMPLE_RATE, limit // 3)
+        energies = [float(np.square(wave[s : s + frame]).mean()) for s in range(lo, limit - frame + 1, frame)]
+        cut = lo + int(np.argmin(energies)) * frame + frame // 2
+        pieces.append(wave[:cut])
+        wave = wave[cut:]
+    pieces.append(wave)
+    return pieces
+
+
+class ModelAdapter:
+    family: ClassVar[str]
+    model_types: ClassVar[tuple[str, ...]]
+    # regexes over module names -> block kind; the first group of the match names the block.
+    # Quantizable modules matching none of them are a contract violation (see `blocks`).
+    block_patterns: ClassVar[tuple[tuple[str, str], ...]]
+    window_seconds: ClassVar[float] = 30.0  # longer audio is split at pauses before transcription
+    is_ctc: ClassVar[bool] = False
+
+    def __init__(self, model: nn.Module, processor):
+        self.model, self.processor = model, processor
+
+    # -- loading -----------------------------------------------------------------------------
+    @classmethod
+    def model_class(cls):
+        raise NotImplementedError
+
+    @classmethod
+    def load(cls, source: str, dtype=None):
+        """(model, processor) from a local Hugging Face directory or a hub id."""
+        from transformers import AutoProcessor
+
+        model = cls.model_class().from_pretrained(source, dtype=dtype or torch.float32)
+        model.eval()
+        return model, AutoProcessor.from_pretrained(source)
+
+    # -- audio -> text -----------------------------------------------------------------------
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(p.dtype for p in self.model.parameters() if p.is_floating_point())
+
+    def is_multilingual(self) -> bool:
+        return False
+
+    def check_language(self, language: str | None) -> None:
+        if language and language != "en" and not self.is_multilingual():
+            raise ValueError(f"this {self.family} model is English-only; it cannot transcribe language {language!r}")
+
+    def preprocess(self, waves: list[np.ndarray]) -> dict[str, torch.Tensor]:
+        """Model inputs for a batch of 16 kHz mono float32 waveforms."""
+        raise NotImplementedError
+
+    def transcribe_batch(self, waves: list[np.ndarray], language: str | None = None) -> list[str]:
+        """Greedy transcripts of one batch (no chunking, no silence handling)."""
+        raise NotImplementedError
+
+    def transcribe(self, waves: list[np.ndarray], language: str | None = None, batch_size: int = 8,
+                   progress: bool = False) -> list[str]:
+        """Greedy transcripts of any number of waveforms: long audio is split at pauses, silent clips
+        give "" (with a warning), similar lengths are batched together."""
+        self.check_language(language)
+        pieces: list[tuple[int, np.ndarray]] = []
+        for i, w in enumerate(waves):
+            if is_silent(w):
+                warnings.warn(f"clip {i} is silent (peak < -80 dBFS): its transcript is empty", stacklevel=2)
+                continue
+            pieces.extend((i, p) for p in split_long(w, self.window_seconds))
+        order = sorted(range(len(pieces)), key=lambda j: len(pieces[j][1]))
+        batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+        results: dict[int, str] = {}
+        for batch in tqdm(batches, desc="transcribing", disable=not progress, leave=False):
+            with torch.inference_mode():
+                texts = self.transcribe_batch([pieces[j][1] for j in batch], language)
+            results.update((j, t.strip()) for j, t in zip(batch, texts))
+        out: list[list[str]] = [[] for _ in waves]
+        for j, (i, _) in enumerate(pieces):
+            out[i].append(results[j])
+        return [" ".join(t).strip() for t in out]
+
+    # -- structure ---------------------------------------------------------------------------
+    def quantizable_modules(self) -> dict[str, nn.Module]:
+        """nn.Linear / nn.Conv1d modules (float ones; packed ones are already quantized)."""
+        return {n: m for n, m in self.model.named_modules() if isinstance(m, (nn.Linear, nn.Conv1d))}
+
+    def blocks(self) -> list[Block]:
+        """Quantizable modules grouped into blocks, in execution order. Every quantizable module is
+        in exactly one block; one that matches no pattern raises (the adapter needs updating)."""
+        from ..nn import QuantConv1d, QuantLinear
+
+        blocks: dict[str, Block] = {}
+        for name, module in self.model.named_modules():
+            if not isinstance(module, (nn.Linear, nn.Conv1d, QuantLinear, QuantConv1d)):
+                continue
+            for pattern, kind in self.block_patterns:
+                m = re.match(pattern, name)
+                if m:
+                    blocks.setdefault(m.group(1), Block(m.group(1), kind)).layers.append(name)
+                    break
+            else:
+                raise ValueError(f"{self.family} adapter: layer {name!r} belongs to no block; update block_patterns")
+        return list(blocks.values())
+
+    def layer_order(self) -> list[str]:
+        return [n for b in self.blocks() for n in b.layers]
+
+    # -- calibration -------------------------------------------------------------------------
+    def calibrate(self, waves: list[np.ndarray], batch_size: int = 8, language: str | None = None,
+                  progress: bool = False, on_batch: Callable[[int], None] | None = None) -> list[str]:
+        """Forward passes over calibration audio, for hooks to observe. Encoder-decoders first
+        transcribe greedily, then run one teacher-forced pass over their own tokens (no labels
+        needed), so every decoder layer sees whole sequences. Returns the transcripts."""
+        self.check_language(language)
+        texts: list[str] = []
+        waves = [p for w in waves if not is_silent(w) for p in split_long(w, self.window_seconds)]
+        batches = [waves[s : s + batch_size] for s in range(0, len(waves), batch_size)]
+        for i, batch in enumerate(tqdm(batches, desc="calibrating", disable=not progress, leave=False)):
+            with torch.inference_mode():
+                texts.extend(self.calibration_pass(batch, language))
+            if on_batch:
+                on_batch(i)
+        return texts
+
+    def calibration_pass(self, waves: list[np.ndarray], language: str | None) -> list[str]:
+        raise NotImplementedError
+
+
+class Seq2SeqAdapter(ModelAdapter):
+    """Shared logic of encoder-decoder families (Whisper, Moonshine)."""
+
+    tokens_per_second: ClassVar[float]
+    token_margin: ClassVar[int] = 16
+    max_tokens: ClassVar[int] = 440
+
+    def max_new_tokens(self, waves: list[np.ndarray]) -> int:
+        # a looping low-bit model stops here instead of running to the position limit (its WER still
+        # counts the garbage it produced up to the cap)
+        longest = max(len(w) for w in waves) / SAMPLE_RATE
+        return min(int(longest * self.tokens_per_second) + self.token_margin, self.max_tokens)
+
+    def generate_kwargs(self, language: str | None) -> dict:
+        return {}
+
+    def generate(self, waves: list[np.ndarray], language: str | None = None) -> torch.Tensor:
+        inputs = self.preprocess(waves)
+        return self.model.generate(**inputs, max_new_tokens=self.max_new_tokens(waves), **self.generate_kwargs(language))
+
+    def transcribe_batch(self, waves, language=None):
+        return self.processor.batch_decode(self.generate(waves, language), skip_special_tokens=True)
+
+    def calibration_pass(self, waves, language):
+        ids = self.generate(waves, language)
+        inputs = self.preprocess(waves)
+        pad = self.model.generation_config.pad_token_id
+        mask = (ids != pad).long() if pad is not None else torch.ones_like(ids)
+        mask[:, 0] = 1  # the start token may equal pad
+        self.model(**inputs, decoder_input_ids=ids, decoder_attention_mask=mask)
+        return self.processor.batch_decode(ids, skip_special_tokens=True)
