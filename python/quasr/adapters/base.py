@@ -146,15 +146,36 @@ class ModelAdapter:
         """nn.Linear / nn.Conv1d modules (float ones; packed ones are already quantized)."""
         return {n: m for n, m in self.model.named_modules() if isinstance(m, (nn.Linear, nn.Conv1d))}
 
-    def blocks(self) -> list[Block]:
-        """Quantizable modules grouped into blocks, in execution order. Every quantizable module is
-        in exactly one block; one that matches no pattern raises (the adapter needs updating)."""
+    def trace_forward(self) -> None:
+        """One cheap forward pass that runs every layer (used to record execution order)."""
+        raise NotImplementedError
+
+    def execution_order(self) -> list[str]:
+        """Names of the quantizable layers in the order a forward pass first runs them (traced once
+        with hooks on a short synthetic input; layers that never run keep module order, at the end)."""
         from ..nn import QuantConv1d, QuantLinear
 
+        names = [n for n, m in self.model.named_modules()
+                 if isinstance(m, (nn.Linear, nn.Conv1d, QuantLinear, QuantConv1d))]
+        if getattr(self, "_order_for", None) != names:
+            seen: list[str] = []
+            hooks = [self.model.get_submodule(n).register_forward_hook(
+                lambda mod, args, out, n=n: seen.append(n) if n not in seen else None) for n in names]
+            try:
+                with torch.inference_mode():
+                    self.trace_forward()
+            finally:
+                for h in hooks:
+                    h.remove()
+            self._order, self._order_for = seen + [n for n in names if n not in seen], names
+        return list(self._order)
+
+    def blocks(self) -> list[Block]:
+        """Quantizable modules grouped into blocks, blocks and layers in execution order. Every
+        quantizable module is in exactly one block; one that matches no pattern raises (the adapter
+        needs updating)."""
         blocks: dict[str, Block] = {}
-        for name, module in self.model.named_modules():
-            if not isinstance(module, (nn.Linear, nn.Conv1d, QuantLinear, QuantConv1d)):
-                continue
+        for name in self.execution_order():
             for pattern, kind in self.block_patterns:
                 m = re.match(pattern, name)
                 if m:
@@ -210,6 +231,12 @@ class Seq2SeqAdapter(ModelAdapter):
 
     def transcribe_batch(self, waves, language=None):
         return self.processor.batch_decode(self.generate(waves, language), skip_special_tokens=True)
+
+    def trace_forward(self):
+        wave = np.zeros(SAMPLE_RATE, np.float32)
+        wave[::97] = 0.1  # not silent
+        start = self.model.generation_config.decoder_start_token_id
+        self.model(**self.preprocess([wave]), decoder_input_ids=torch.tensor([[start, start]]))
 
     def calibration_pass(self, waves, language):
         ids = self.generate(waves, language)

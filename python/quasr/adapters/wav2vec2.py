@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .base import ModelAdapter, register
@@ -68,6 +69,9 @@ class Wav2Vec2Adapter(ModelAdapter):
         tok = self.processor.tokenizer
         return [tok.decode(ctc_collapse(row[: int(n)], blank), skip_special_tokens=True, group_tokens=False)
                 for row, n in zip(ids, lengths)]
+
+    def trace_forward(self):
+        self.model(**self.preprocess([np.random.default_rng(0).normal(0, 0.1, SAMPLE_RATE).astype(np.float32)]))
 
     def calibration_pass(self, waves, language):
         return self.transcribe_batch(waves, language)
