@@ -31,3 +31,32 @@ def test_bad_input_gives_clear_errors(tmp_path, capsys):
         main(["quantize", "whisper-tiny.en", "--bits", "x", "--out", str(tmp_path)])
     assert main(["quantize", "whisper-tiny.en", "--bits", "9", "--out", str(tmp_path / "o")]) == 2
     assert "bits must be" in capsys.readouterr().err
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("family", ["whisper", "moonshine", "wav2vec2"])
+def test_every_family_through_the_cli(family, tmp_path, capsys):
+    """quantize -> save -> eval -> transcribe from local HF directories of each family."""
+    import numpy as np
+    import soundfile as sf
+
+    from conftest import tiny_family
+
+    model, processor = tiny_family(family, tmp_path)
+    src = tmp_path / "src"
+    model.save_pretrained(src)
+    processor.save_pretrained(src)
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        sf.write(data / f"c{i}.wav", rng.normal(0, 0.1, 12000).astype(np.float32), 16000)
+        (data / f"c{i}.txt").write_text("hello world")
+    out = tmp_path / "q"
+    assert main(["quantize", str(src), "--bits", "4", "--group-size", "32", "--out", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["avg_bits"] == 4
+    assert main(["eval", str(out), "--data", str(data), "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["n_clips"] == 2 and r["wer"] is not None and r["avg_bits"] == 4
+    assert main(["transcribe", str(out), str(data / "c0.wav"), "--json"]) == 0
+    assert isinstance(json.loads(capsys.readouterr().out)[0]["text"], str)

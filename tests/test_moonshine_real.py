@@ -89,3 +89,15 @@ def test_quantized_moonshine_on_real_speech(speech_dir):
     assert isinstance(adapter.model.model.encoder.conv1, QuantConv1d)  # the 127-tap, stride-64 conv
     wer8, _, _ = word_error_rate(refs, adapter.transcribe(waves))
     assert wer8 <= float_wer + 2.0
+
+
+def test_cli_eval_moonshine_base(speech_dir, capsys):
+    pytest.importorskip("moonshine_cpp")
+    import json
+
+    from quasr.cli import main
+
+    assert main(["eval", "moonshine-base", "--data", str(speech_dir / "prompts"), "--language", "en", "--limit", "3",
+                 "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["n_clips"] == 3 and r["wer"] < 20 and 240 < r["size_mb"] < 250

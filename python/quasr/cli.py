@@ -132,9 +132,13 @@ def cmd_info(args) -> int:
     import torch
 
     from . import __version__
+    from .adapters import adapter_class, supported_model_types
+    from .models import BUILTIN
     from .ops import native_status
 
     print(f"quasr {__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads; {native_status()}")
+    print("families (HF model_type): " + ", ".join(f"{adapter_class(t).family} ({t})" for t in supported_model_types()))
+    print("built-in models: " + ", ".join(f"{n} [{b.family}]" for n, b in sorted(BUILTIN.items())))
     return 0
 
 
@@ -157,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_quantize)
 
-    p = sub.add_parser("eval", help="WER, size, latency of a model or quantized directory")
+    p = sub.add_parser("eval", help="WER, size, latency of a model (built-in name, HF dir, ONNX export dir, hub id) "
+                                    "or a quantized directory")
     p.add_argument("model")
     data_args(p)
     p.add_argument("--transcripts", action="store_true", help="include per-clip transcripts in --json output")
@@ -172,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_transcribe)
 
     p = sub.add_parser("demo", help="float vs quantized on real speech (the `make demo` job)")
-    p.add_argument("--model", default="whisper-tiny.en")
+    p.add_argument("--model", default="whisper-tiny.en", help="any model `quasr eval` takes (default whisper-tiny.en)")
     _add_quant_args(p)
     data_args(p)
     p.set_defaults(func=cmd_demo, language="en")
