@@ -101,7 +101,7 @@ class ModelAdapter:
     # -- audio -> text -----------------------------------------------------------------------
     @property
     def dtype(self) -> torch.dtype:
-        return next(p.dtype for p in self.model.parameters() if p.is_floating_point())
+        return next((p.dtype for p in self.model.parameters() if p.is_floating_point()), torch.float32)
 
     def is_multilingual(self) -> bool:
         return False
