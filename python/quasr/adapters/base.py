@@ -212,6 +212,14 @@ class ModelAdapter:
 class Seq2SeqAdapter(ModelAdapter):
     """Shared logic of encoder-decoder families (Whisper, Moonshine)."""
 
+    # transformers' layout for both: model.encoder.{conv*, layers.N}, model.decoder.layers.N, proj_out
+    block_patterns = (
+        (r"(model\.encoder)\.conv\d+$", "frontend"),
+        (r"(model\.encoder\.layers\.\d+)\.", "encoder"),
+        (r"(model\.decoder\.layers\.\d+)\.", "decoder"),
+        (r"(proj_out)$", "head"),
+    )
+
     tokens_per_second: ClassVar[float]
     token_margin: ClassVar[int] = 16
     max_tokens: ClassVar[int] = 440

@@ -10,12 +10,6 @@ from ..audio import SAMPLE_RATE
 class MoonshineAdapter(Seq2SeqAdapter):
     family = "moonshine"
     model_types = ("moonshine",)
-    block_patterns = (
-        (r"(model\.encoder)\.conv\d+$", "frontend"),
-        (r"(model\.encoder\.layers\.\d+)\.", "encoder"),
-        (r"(model\.decoder\.layers\.\d+)\.", "decoder"),
-        (r"(proj_out)$", "head"),
-    )
     # trained on segments up to ~30 s; its compute grows with length, so long audio is split too
     window_seconds = 30.0
     tokens_per_second = 6.5  # Moonshine's own cap

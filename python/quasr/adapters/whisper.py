@@ -10,12 +10,6 @@ from ..audio import SAMPLE_RATE
 class WhisperAdapter(Seq2SeqAdapter):
     family = "whisper"
     model_types = ("whisper",)
-    block_patterns = (
-        (r"(model\.encoder)\.conv\d+$", "frontend"),
-        (r"(model\.encoder\.layers\.\d+)\.", "encoder"),
-        (r"(model\.decoder\.layers\.\d+)\.", "decoder"),
-        (r"(proj_out)$", "head"),
-    )
     window_seconds = 30.0  # the encoder's fixed window
     tokens_per_second = 8  # fast read speech is ~3-4 words/s
 
