@@ -88,10 +88,21 @@ def _flat_weight(module: nn.Module) -> torch.Tensor:
 Quantizer = Callable[[str, torch.Tensor, dict], PackedWeight]
 
 
-def rtn_quantizer(clip: str = "mse") -> Quantizer:
+def rtn_quantizer(clip: str = "mse", importance: dict[str, torch.Tensor] | None = None) -> Quantizer:
+    """RTN with the given clipping; "hessian" takes each layer's input second moments from
+    `importance` (see quasr.sensitivity.collect_statistics)."""
     if clip not in CLIP_METHODS:
         raise ValueError(f"clip must be one of {CLIP_METHODS}, got {clip!r}")
-    return lambda name, w, spec: rtn_quantize(w, spec["bits"], spec["group_size"], spec["symmetric"], clip=clip, name=name)
+    if clip == "hessian" and importance is None:
+        raise ValueError("hessian clipping needs calibration statistics (input second moments per layer)")
+
+    def quantize(name, w, spec):
+        h = importance.get(name) if importance is not None else None
+        # a layer calibration never reached (e.g. unused) falls back to plain MSE clipping
+        c = "mse" if clip == "hessian" and h is None else clip
+        return rtn_quantize(w, spec["bits"], spec["group_size"], spec["symmetric"], clip=c, name=name, importance=h)
+
+    return quantize
 
 
 def swap(model: nn.Module, plan: dict, quantizer: Quantizer | None = None,

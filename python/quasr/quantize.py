@@ -1,13 +1,16 @@
-"""Round-to-nearest (RTN) weight quantization into the packed format, with min-max ranges or an
-MSE-optimal clipping search per group."""
+"""Round-to-nearest (RTN) weight quantization into the packed format. Ranges per group: min-max, or a
+clipping search that shrinks the range and keeps, per group, the shrink that minimises an error:
+squared error ("mse"), 1 - cosine similarity ("cosine", PTQ4ViT/myQASR), or squared error weighted by
+the layer's input second moments E[x_k^2] ("hessian": the diagonal of the layer-wise Hessian X^T X,
+so errors on inputs that are large on the user's audio cost more)."""
 
 from __future__ import annotations
 
 import torch
 
-from .format import PackedWeight, check_bits, pack_codes, quantize_to_codes, resolve_group_size
+from .format import PackedWeight, check_bits, dequantize, pack_codes, quantize_to_codes, resolve_group_size
 
-CLIP_METHODS = ("minmax", "mse")
+CLIP_METHODS = ("minmax", "mse", "cosine", "hessian")
 # Smallest positive fp16 scale: a group of all-zero weights still gets a valid (harmless) scale.
 _MIN_SCALE = 2.0**-24
 
@@ -46,6 +49,28 @@ def _fake_quant(w, scale, zero, bits, symmetric):
     return (q - z.unsqueeze(-1)) * scale.unsqueeze(-1)
 
 
+def _grouped_importance(importance: torch.Tensor, n: int, k: int, g: int, padded: int) -> torch.Tensor:
+    """[K] or [N, K] non-negative weights -> [N or 1, G, g] (padding columns weigh 0)."""
+    h = importance.detach().to(torch.float32).cpu()
+    if h.dim() == 1:
+        h = h.unsqueeze(0)
+    if h.shape[-1] != k or h.shape[0] not in (1, n):
+        raise ValueError(f"importance must have shape [{k}] or [{n}, {k}], got {tuple(importance.shape)}")
+    if not torch.isfinite(h).all() or (h < 0).any():
+        raise ValueError("importance (input second moments) must be finite and non-negative")
+    h = torch.cat([h, torch.zeros(h.shape[0], padded - k)], 1) if padded > k else h
+    return h.view(h.shape[0], padded // g, g)
+
+
+def _group_error(clip: str, w: torch.Tensor, wq: torch.Tensor, mask: torch.Tensor, h: torch.Tensor | None) -> torch.Tensor:
+    if clip == "cosine":
+        wm, qm = w * mask, wq * mask
+        cos = (wm * qm).sum(-1) / (wm.norm(dim=-1) * qm.norm(dim=-1)).clamp(min=1e-30)
+        return 1.0 - cos
+    err = (wq - w) ** 2 * mask
+    return (err * h).sum(-1) if clip == "hessian" else err.sum(-1)
+
+
 def rtn_quantize(
     weight: torch.Tensor,
     bits: int,
@@ -55,15 +80,20 @@ def rtn_quantize(
     grid: int = 20,
     min_shrink: float = 0.5,
     name: str = "weight",
+    importance: torch.Tensor | None = None,
 ) -> PackedWeight:
     """Quantize a float [N, K] weight to `bits` bits, group-wise along K.
 
-    clip="minmax" uses each group's full range. clip="mse" tries `grid` shrink factors of the range
-    from 1 down to `min_shrink` and keeps, per group, the one with the smallest squared error.
+    clip="minmax" uses each group's full range. The other methods try `grid` shrink factors of the
+    range from 1 down to `min_shrink` and keep, per group, the one with the smallest error; "hessian"
+    needs `importance`, the layer's input second moments ([K], or [N, K] for grouped convolutions).
     """
     check_bits(bits)
     if clip not in CLIP_METHODS:
         raise ValueError(f"clip must be one of {CLIP_METHODS}, got {clip!r}")
+    if clip == "hessian" and importance is None:
+        raise ValueError(f"{name}: hessian clipping needs the layer's input second moments from calibration "
+                         f"audio (importance=...); use clip='mse' without calibration data")
     if weight.dim() != 2:
         raise ValueError(f"{name}: expected a 2-D weight, got shape {tuple(weight.shape)}")
     bad = (~torch.isfinite(weight)).sum().item()
@@ -75,13 +105,14 @@ def rtn_quantize(
     n, k = weight.shape
     g, padded = resolve_group_size(group_size, k)
     w, mask = _grouped(weight.detach().cpu(), g, padded)
+    h = _grouped_importance(importance, n, k, g, padded) if clip == "hessian" else None
     lo, hi = w.amin(-1), w.amax(-1)
     scale, zero = _scale_zero(lo, hi, bits, symmetric)
-    if clip == "mse" and grid > 1:
-        best = ((_fake_quant(w, scale, zero, bits, symmetric) - w) ** 2 * mask).sum(-1)
+    if clip != "minmax" and grid > 1:
+        best = _group_error(clip, w, _fake_quant(w, scale, zero, bits, symmetric), mask, h)
         for shrink in torch.linspace(1.0, min_shrink, grid)[1:].tolist():
             s, z = _scale_zero(lo * shrink, hi * shrink, bits, symmetric)
-            err = ((_fake_quant(w, s, z, bits, symmetric) - w) ** 2 * mask).sum(-1)
+            err = _group_error(clip, w, _fake_quant(w, s, z, bits, symmetric), mask, h)
             better = err < best
             best = torch.where(better, err, best)
             scale = torch.where(better, s, scale)
@@ -95,3 +126,10 @@ def rtn_quantize(
     pw = PackedWeight(pack_codes(codes, bits), scales16, zeros16, bits, g, k)
     pw.validate()
     return pw
+
+
+def fake_quantize(weight: torch.Tensor, bits: int, group_size: int | None = 128, symmetric: bool = False,
+                  clip: str = "mse", importance: torch.Tensor | None = None) -> torch.Tensor:
+    """The float [N, K] weight RTN would ship: quantized into the packed format and dequantized."""
+    pw = rtn_quantize(weight, bits, group_size, symmetric, clip, importance=importance)
+    return dequantize(pw).to(weight.dtype)

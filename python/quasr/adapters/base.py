@@ -189,24 +189,53 @@ class ModelAdapter:
         return [n for b in self.blocks() for n in b.layers]
 
     # -- calibration -------------------------------------------------------------------------
+    def calibration_batches(self, waves: list[np.ndarray], batch_size: int = 8, language: str | None = None,
+                            progress: bool = False) -> list["CalibrationBatch"]:
+        """Fixed model inputs for calibration audio (silent clips dropped, long ones split):
+        encoder-decoders transcribe greedily first and are then fed their own tokens (teacher forcing
+        without labels), so every later pass over a batch sees the same whole sequences."""
+        self.check_language(language)
+        waves = [p for w in waves if not is_silent(w) for p in split_long(w, self.window_seconds)]
+        if not waves:
+            raise ValueError("no usable calibration audio (every clip is silent)")
+        chunks = [waves[s : s + batch_size] for s in range(0, len(waves), batch_size)]
+        with torch.no_grad():  # not inference_mode: Fisher sensitivity backpropagates through these inputs
+            return [self.make_calibration_batch(c, language)
+                    for c in tqdm(chunks, desc="calibration inputs", disable=not progress, leave=False)]
+
+    def make_calibration_batch(self, waves: list[np.ndarray], language: str | None) -> "CalibrationBatch":
+        raise NotImplementedError
+
+    def forward_logits(self, batch: "CalibrationBatch") -> torch.Tensor:
+        """[B, T, V] output logits of one calibration batch (grad-enabled unless the caller disables it)."""
+        return self.model(**batch.inputs).logits
+
+    def self_supervised_loss(self, batch: "CalibrationBatch", logits: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of the logits against the model's own float predictions: the label-free
+        loss behind Fisher sensitivity (its gradients are the empirical Fisher's)."""
+        import torch.nn.functional as F
+
+        return F.cross_entropy(logits[batch.mask].float(), batch.targets[batch.mask])
+
     def calibrate(self, waves: list[np.ndarray], batch_size: int = 8, language: str | None = None,
                   progress: bool = False, on_batch: Callable[[int], None] | None = None) -> list[str]:
-        """Forward passes over calibration audio, for hooks to observe. Encoder-decoders first
-        transcribe greedily, then run one teacher-forced pass over their own tokens (no labels
-        needed), so every decoder layer sees whole sequences. Returns the transcripts."""
-        self.check_language(language)
-        texts: list[str] = []
-        waves = [p for w in waves if not is_silent(w) for p in split_long(w, self.window_seconds)]
-        batches = [waves[s : s + batch_size] for s in range(0, len(waves), batch_size)]
-        for i, batch in enumerate(tqdm(batches, desc="calibrating", disable=not progress, leave=False)):
+        """Forward passes over calibration audio, for hooks to observe (see `calibration_batches`;
+        for encoder-decoders the hooks also see the greedy generation). Returns the transcripts."""
+        batches = self.calibration_batches(waves, batch_size, language, progress)
+        for i, batch in enumerate(batches):
             with torch.inference_mode():
-                texts.extend(self.calibration_pass(batch, language))
+                self.forward_logits(batch)
             if on_batch:
                 on_batch(i)
-        return texts
+        return [t for b in batches for t in b.texts]
 
-    def calibration_pass(self, waves: list[np.ndarray], language: str | None) -> list[str]:
-        raise NotImplementedError
+
+@dataclass
+class CalibrationBatch:
+    inputs: dict  # model keyword arguments
+    mask: torch.Tensor  # [B, T] bool: output positions that count (real frames / tokens with a successor)
+    targets: torch.Tensor  # [B, T] long: the float model's own prediction at each output position
+    texts: list[str]
 
 
 class Seq2SeqAdapter(ModelAdapter):
@@ -246,11 +275,14 @@ class Seq2SeqAdapter(ModelAdapter):
         start = self.model.generation_config.decoder_start_token_id
         self.model(**self.preprocess([wave]), decoder_input_ids=torch.tensor([[start, start]]))
 
-    def calibration_pass(self, waves, language):
+    def make_calibration_batch(self, waves, language):
         ids = self.generate(waves, language)
         inputs = self.preprocess(waves)
         pad = self.model.generation_config.pad_token_id
-        mask = (ids != pad).long() if pad is not None else torch.ones_like(ids)
-        mask[:, 0] = 1  # the start token may equal pad
-        self.model(**inputs, decoder_input_ids=ids, decoder_attention_mask=mask)
-        return self.processor.batch_decode(ids, skip_special_tokens=True)
+        valid = (ids != pad) if pad is not None else torch.ones_like(ids, dtype=torch.bool)
+        valid[:, 0] = True  # the start token may equal pad
+        inputs.update(decoder_input_ids=ids, decoder_attention_mask=valid.long())
+        # position t predicts token t+1 of the model's own transcript
+        targets = torch.cat([ids[:, 1:], torch.zeros_like(ids[:, :1])], 1)
+        mask = torch.cat([valid[:, 1:], torch.zeros_like(valid[:, :1])], 1)
+        return CalibrationBatch(inputs, mask, targets, self.processor.batch_decode(ids, skip_special_tokens=True))

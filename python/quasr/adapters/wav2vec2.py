@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .base import ModelAdapter, register
+from .base import CalibrationBatch, ModelAdapter, register
 from ..audio import SAMPLE_RATE
 
 
@@ -73,5 +73,10 @@ class Wav2Vec2Adapter(ModelAdapter):
     def trace_forward(self):
         self.model(**self.preprocess([np.random.default_rng(0).normal(0, 0.1, SAMPLE_RATE).astype(np.float32)]))
 
-    def calibration_pass(self, waves, language):
-        return self.transcribe_batch(waves, language)
+    def make_calibration_batch(self, waves, language):
+        inputs = self.preprocess(waves)
+        logits = self.model(**inputs).logits
+        lengths = self.model._get_feat_extract_output_lengths(torch.tensor([len(w) for w in waves]))
+        mask = torch.arange(logits.shape[1])[None, :] < lengths[:, None]
+        # frame-wise self labels: the float model's greedy CTC path
+        return CalibrationBatch(inputs, mask, logits.argmax(-1), self.transcribe_batch(waves, language))
