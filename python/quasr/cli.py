@@ -9,6 +9,9 @@ import sys
 import time
 from pathlib import Path
 
+from .allocate import ALLOCATIONS
+from .sensitivity import ERRORS, SCORES
+
 
 def _default_data() -> str:
     env = os.environ.get("QUASR_SPEECH")
@@ -37,15 +40,45 @@ def _add_quant_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--group-size", type=_group, default=128, help="32, 64, 128 (default) or -1 for per-channel")
     p.add_argument("--symmetric", action="store_true", help="symmetric quantization (default asymmetric)")
     p.add_argument("--method", default="rtn", choices=["rtn"], help="PTQ method (default rtn)")
-    p.add_argument("--clip", default="mse", choices=["mse", "minmax"], help="RTN range: MSE clip search (default) or min-max")
+    p.add_argument("--clip", default=None, choices=["mse", "minmax", "cosine", "hessian"],
+                   help="weight range: clip search by MSE, cosine, or error weighted by the calibration audio's input "
+                        "second moments (hessian); min-max = none (default: hessian with --calib, else mse)")
     p.add_argument("--keep", action="append", default=[], metavar="GLOB", help="keep matching layers in float (repeatable)")
+
+
+def _add_budget_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("mixed precision to a size budget (bits per layer chosen from calibration audio)")
+    g.add_argument("--budget-mb", type=float, default=None, help="target size in MB (10^6 bytes), everything counted")
+    g.add_argument("--avg-bits", type=float, default=None, help="target the size of this average weight width instead")
+    g.add_argument("--calib", default=None, help="unlabelled calibration audio: manifest, folder or hf:NAME:SPLIT")
+    g.add_argument("--calib-limit", type=int, default=32, help="calibration clips to use (default 32)")
+    g.add_argument("--calib-language", default=None, help="only calibration clips of this language")
+    g.add_argument("--allocation", default="myqasr", choices=list(ALLOCATIONS), help="bit allocator (default myqasr)")
+    g.add_argument("--sensitivity", default="median", choices=list(SCORES), help="myqasr's layer score (default median)")
+    g.add_argument("--error", default="fisher", choices=list(ERRORS), help="optimal's error estimate (default fisher)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the shuffled ablation")
 
 
 def _quantize(model, args):
     from .plan import rtn_quantizer, swap, uniform_plan
 
+    if args.clip == "hessian":
+        raise ValueError("--clip hessian needs calibration audio: use it with --budget-mb/--avg-bits and --calib")
     plan = uniform_plan(model, args.bits, args.group_size, args.symmetric, tuple(args.keep))
-    return swap(model, plan, rtn_quantizer(args.clip), progress=sys.stderr.isatty())
+    return swap(model, plan, rtn_quantizer(args.clip or "mse"), progress=sys.stderr.isatty())
+
+
+def _quantize_to_budget(model, processor, args):
+    from .data import load_clips
+    from .mixed import quantize_to_budget
+
+    calib = None
+    if args.calib:
+        clips = load_clips(args.calib, args.calib_language, args.calib_limit)
+        calib = [c.waveform() for c in clips]
+    return quantize_to_budget(model, processor, args.budget_mb, calib, args.allocation, args.sensitivity, args.error,
+                              args.clip, args.group_size, args.symmetric, tuple(args.keep), args.calib_language,
+                              args.batch_size, args.avg_bits, args.seed, progress=sys.stderr.isatty())
 
 
 def _summary(label: str, r: dict) -> str:
@@ -61,12 +94,46 @@ def cmd_quantize(args) -> int:
 
     model, processor = load_model(args.model)
     start = time.perf_counter()
-    _quantize(model, args)
-    meta = {"source": args.model, "method": args.method, "clip": args.clip}
+    mixed = args.budget_mb is not None or args.avg_bits is not None
+    if mixed:
+        result = _quantize_to_budget(model, processor, args)
+    else:
+        _quantize(model, args)
+    meta = {"source": args.model, "method": args.method, "clip": args.clip or "mse"}
+    if mixed:
+        meta.update(result.settings, allocation=args.allocation, budget_mb=result.allocation.budget_bytes / 1e6)
     save_quantized(model, processor, args.out, meta)
     out = {"out": str(args.out), "size_mb": model_size_bytes(model) / 1e6, "avg_bits": average_bits(model),
-           "seconds": time.perf_counter() - start, "bits": args.bits, "group_size": args.group_size, "method": args.method}
-    print(json.dumps(out) if args.json else f"saved {args.out}: {out['size_mb']:.2f} MB, avg {out['avg_bits']:.2f} bits ({out['seconds']:.1f} s)")
+           "seconds": time.perf_counter() - start, "group_size": args.group_size, "method": args.method}
+    if mixed:
+        from .mixed import plot_bits
+
+        result.save(args.out / "allocation.json")
+        plot_bits(result, args.out / "bits.png", f"{args.model}: {args.allocation}")
+        out.update(budget_mb=result.allocation.budget_bytes / 1e6, allocation=args.allocation,
+                   n_calibration_clips=result.n_calibration_clips)
+    else:
+        out["bits"] = args.bits
+    if args.eval:
+        from .data import load_clips
+        from .evaluate import evaluate
+
+        clips = load_clips(args.eval, args.eval_language, args.eval_limit)
+        r = evaluate(model, processor, clips, args.eval_language, args.batch_size, progress=sys.stderr.isatty())
+        out.update(wer=r["wer"], n_eval_clips=r["n_clips"], n_scored=r["n_scored"])
+    if args.json:
+        print(json.dumps(out))
+    else:
+        line = f"saved {args.out}: "
+        if mixed:
+            line += f"budget {out['budget_mb']:.2f} MB, achieved {out['size_mb']:.2f} MB"
+        else:
+            line += f"{out['size_mb']:.2f} MB"
+        line += f", avg {out['avg_bits']:.2f} bits"
+        if args.eval:
+            wer = "n/a (no transcripts)" if out["wer"] is None else f"{out['wer']:.2f}% on {out['n_scored']} clips"
+            line += f", WER {wer}"
+        print(line + f" ({out['seconds']:.1f} s)")
     return 0
 
 
@@ -128,6 +195,30 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _speech_set(name: str) -> str:
+    default = _default_data()
+    if not default:
+        raise ValueError("no --data given and ../shared/speech not found; pass --data MANIFEST_OR_DIR")
+    return str(Path(default).parents[1] / name / "manifest.jsonl")
+
+
+def cmd_experiment(args) -> int:
+    from .experiments import Experiment, Settings
+
+    settings = Settings(budget_mb=args.budget_mb, avg_bits=args.avg_bits, allocation=args.allocation,
+                        sensitivity=args.sensitivity, error=args.error, clip=args.clip, group_size=args.group_size,
+                        n_calib=args.calib_clips, n_eval=args.eval_clips, batch_size=args.batch_size, seed=args.seed)
+    exp = Experiment(args.model, args.out, settings, progress=sys.stderr.isatty(),
+                     log=lambda m: print(m, file=sys.stderr, flush=True))
+    if args.kind == "sweep":
+        path = exp.sweep(args.data or _speech_set("prompts"), args.sweep_bits, args.allocations, args.language or "en")
+    else:
+        default = {"language": "prompts", "gender": "librispeech", "speaker": "digits"}[args.kind]
+        path = exp.personalisation(args.kind, args.data or _speech_set(default))
+    print(path.read_text())
+    return 0
+
+
 def cmd_info(args) -> int:
     import torch
 
@@ -154,10 +245,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--batch-size", type=int, default=8)
         p.add_argument("--json", action="store_true", help="print figures as one JSON object")
 
-    p = sub.add_parser("quantize", help="quantize a model and save it")
+    p = sub.add_parser("quantize", help="quantize a model and save it (uniform --bits, or mixed precision to --budget-mb)")
     p.add_argument("model")
     _add_quant_args(p)
+    _add_budget_args(p)
     p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--eval", default=None, help="also measure WER on this data (manifest, folder or hf:...)")
+    p.add_argument("--eval-language", default=None)
+    p.add_argument("--eval-limit", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_quantize)
 
@@ -181,6 +277,31 @@ def build_parser() -> argparse.ArgumentParser:
     _add_quant_args(p)
     data_args(p)
     p.set_defaults(func=cmd_demo, language="en")
+
+    p = sub.add_parser("experiment", help="personalisation matrices (language, gender, speaker) and the budget sweep: "
+                                          "markdown + CSV tables and PNG plots in --out; resumable")
+    p.add_argument("kind", choices=["language", "gender", "speaker", "sweep"])
+    p.add_argument("model")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--data", default=None, help="manifest with language/gender/speaker fields "
+                                                "(default: the matching ../shared/speech set)")
+    p.add_argument("--language", default=None, help="sweep: language of the evaluation prompts (default en)")
+    p.add_argument("--budget-mb", type=float, default=None)
+    p.add_argument("--avg-bits", type=float, default=3.5, help="budget as the size of this average width (default 3.5)")
+    p.add_argument("--allocation", default="myqasr", choices=list(ALLOCATIONS))
+    p.add_argument("--allocations", nargs="+", default=["uniform", "myqasr", "optimal"], choices=list(ALLOCATIONS),
+                   help="sweep: allocators to compare")
+    p.add_argument("--sweep-bits", nargs="+", type=float, default=[2.5, 3.0, 3.5, 4.0, 5.0],
+                   help="sweep: budgets as average bit widths")
+    p.add_argument("--sensitivity", default="median", choices=list(SCORES))
+    p.add_argument("--error", default="fisher", choices=list(ERRORS))
+    p.add_argument("--clip", default=None, choices=["mse", "minmax", "cosine", "hessian"])
+    p.add_argument("--group-size", type=_group, default=128)
+    p.add_argument("--calib-clips", type=int, default=32, help="calibration clips per group (default 32)")
+    p.add_argument("--eval-clips", type=int, default=40, help="held-apart evaluation clips per group (default 40)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_experiment)
 
     p = sub.add_parser("info", help="versions and which kernels are active")
     p.set_defaults(func=cmd_info)

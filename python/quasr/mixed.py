@@ -13,7 +13,8 @@ import numpy as np
 from .adapters import get_adapter
 from .allocate import MB, Allocation, SizeModel, allocate
 from .plan import model_size_bytes, rtn_quantizer, swap
-from .sensitivity import ERRORS, SCORES, collect_statistics, error_table, fisher_diagonal, sensitivity_scores
+from .sensitivity import (DISTANCES, ERRORS, SCORES, STATISTICS, collect_statistics, distance_scores, error_table,
+                          fisher_diagonal, sensitivity_scores)
 
 
 @dataclass
@@ -37,18 +38,71 @@ class MixedPrecisionResult:
         Path(path).write_text(json.dumps({"plan": self.plan, "report": self.report()}, indent=1))
 
 
+class Calibrator:
+    """Everything measured on calibration audio, computed once on demand and reused across budgets
+    and allocations: fixed batches, activation statistics, Fisher diagonal, scores, error tables.
+    Built on the float model; the quantized copies it plans for must have the same layers."""
+
+    def __init__(self, model, processor, calibration: list[np.ndarray], language: str | None = None,
+                 batch_size: int = 8, group_size: int | None = 128, symmetric: bool = False,
+                 layers: list[str] | None = None, progress: bool = False):
+        if not calibration:
+            raise ValueError("calibration needs at least one clip")
+        self.adapter = get_adapter(model, processor)
+        self.n_clips = len(calibration)
+        self.group_size, self.symmetric, self.progress = group_size, symmetric, progress
+        self.layers = layers or self.adapter.layer_order()
+        self.batches = self.adapter.calibration_batches(calibration, batch_size, language, progress)
+        self._stats = self._fisher = None
+        self._scores: dict = {}
+        self._errors: dict = {}
+
+    @property
+    def stats(self):
+        if self._stats is None:
+            self._stats = collect_statistics(self.adapter, self.batches, self.layers, self.progress)
+        return self._stats
+
+    @property
+    def fisher(self):
+        if self._fisher is None:
+            self._fisher = fisher_diagonal(self.adapter, self.batches, self.layers, self.progress)
+        return self._fisher
+
+    def scores(self, method: str) -> dict[str, float]:
+        if method not in self._scores:
+            if method in DISTANCES:
+                self._scores[method] = distance_scores(self.adapter, self.batches, method, group_size=self.group_size,
+                                                       symmetric=self.symmetric, layers=self.layers,
+                                                       progress=self.progress)
+            else:
+                self._scores[method] = sensitivity_scores(
+                    self.adapter, self.batches, method, stats=self.stats if method in STATISTICS else None,
+                    fisher=self.fisher if method == "fisher" else None, progress=self.progress)
+        return self._scores[method]
+
+    def errors(self, method: str, clip: str) -> dict[str, dict[int, float]]:
+        if (method, clip) not in self._errors:
+            table = error_table(self.adapter, self.batches, method, group_size=self.group_size, symmetric=self.symmetric,
+                                clip=clip, stats=self.stats if method == "output" or clip == "hessian" else None,
+                                fisher=self.fisher if method == "fisher" else None, progress=self.progress)
+            self._errors[(method, clip)] = {n: table[n] for n in self.layers}
+        return self._errors[(method, clip)]
+
+
 def quantize_to_budget(model, processor, budget_mb: float | None = None, calibration: list[np.ndarray] | None = None,
                        allocation: str = "myqasr", sensitivity: str = "median", error: str = "fisher",
                        clip: str | None = None, group_size: int | None = 128, symmetric: bool = False,
                        keep: tuple[str, ...] = (), language: str | None = None, batch_size: int = 8,
                        average_bits: float | None = None, seed: int = 0, progress: bool = False,
-                       apply: bool = True) -> MixedPrecisionResult:
+                       apply: bool = True, calibrator: Calibrator | None = None) -> MixedPrecisionResult:
     """Choose per-layer bits (2-8) so the model fits `budget_mb` (or the size of `average_bits`),
     then quantize it in place (unless apply=False).
 
-    Calibration audio drives the sensitivity scores (myqasr/reversed), the error estimates (optimal)
-    and, with clip="hessian" (the default when calibration audio is given), the weight clipping.
-    `uniform` and `shuffled` need no audio; without audio the clipping is MSE.
+    Calibration audio (or a `Calibrator` built on an identical float model, to reuse its
+    measurements) drives the sensitivity scores (myqasr/reversed), the error estimates (optimal) and,
+    with clip="hessian" (the default when calibration is given), the weight clipping. `uniform` and
+    `shuffled` need no audio; without audio the clipping is MSE.
     """
     if (budget_mb is None) == (average_bits is None):
         raise ValueError("give exactly one of budget_mb and average_bits")
@@ -62,36 +116,32 @@ def quantize_to_budget(model, processor, budget_mb: float | None = None, calibra
     sm = SizeModel(model, order, group_size, symmetric, keep)
     budget = budget_mb * MB if budget_mb is not None else sm.budget_for_average_bits(average_bits)
     sm.check_budget(budget)
-    needs_audio = allocation in ("myqasr", "reversed", "optimal")
-    if needs_audio and not calibration:
+    has_audio = calibrator is not None or bool(calibration)
+    if allocation in ("myqasr", "reversed", "optimal") and not has_audio:
         raise ValueError(f"the {allocation} allocation needs calibration audio (--calib); "
                          f"uniform and shuffled work without it")
-    clip = clip or ("hessian" if calibration else "mse")
-    batches = stats = fisher = scores = errors = None
-    if calibration:
-        batches = adapter.calibration_batches(calibration, batch_size, language, progress)
-        if sensitivity in ("median", "mean", "max", "std", "var") or clip == "hessian" or (allocation == "optimal" and error == "output"):
-            stats = collect_statistics(adapter, batches, sm.names, progress)
-        if (allocation in ("myqasr", "reversed") and sensitivity == "fisher") or (allocation == "optimal" and error == "fisher"):
-            fisher = fisher_diagonal(adapter, batches, sm.names, progress)
-        if allocation in ("myqasr", "reversed"):
-            scores = sensitivity_scores(adapter, batches, sensitivity, stats=stats, fisher=fisher, progress=progress,
-                                        group_size=group_size, symmetric=symmetric, layers=sm.names)
-        if allocation == "optimal":
-            errors = error_table(adapter, batches, error, group_size=group_size, symmetric=symmetric,
-                                 clip=clip, stats=stats, fisher=fisher, progress=progress)
-            errors = {n: errors[n] for n in sm.names}
-    elif clip == "hessian":
+    clip = clip or ("hessian" if has_audio else "mse")
+    if clip == "hessian" and not has_audio:
         raise ValueError("hessian clipping needs calibration audio; use clip='mse' or 'minmax' without it")
+    if has_audio and calibrator is None:
+        calibrator = Calibrator(model, processor, calibration, language, batch_size, group_size, symmetric,
+                                sm.names, progress)
+    if calibrator is not None and (calibrator.group_size, calibrator.symmetric) != (group_size, symmetric):
+        raise ValueError("the calibrator was built for another group size / symmetry")
+    scores = errors = None
+    if allocation in ("myqasr", "reversed"):
+        scores = {n: calibrator.scores(sensitivity)[n] for n in sm.names}
+    if allocation == "optimal":
+        errors = {n: calibrator.errors(error, clip)[n] for n in sm.names}
     alloc = allocate(allocation, sm, budget, scores=scores, errors=errors, layer_order=order, seed=seed)
     plan = sm.plan(alloc.bits)
     settings = {"sensitivity": sensitivity if allocation in ("myqasr", "reversed") else None,
                 "error": error if allocation == "optimal" else None, "clip": clip,
                 "group_size": group_size, "symmetric": symmetric}
     result = MixedPrecisionResult(alloc, plan, scores, errors, order, blocks,
-                                  len(calibration) if calibration else 0, settings)
+                                  calibrator.n_clips if calibrator else 0, settings)
     if apply:
-        importance = stats.input_moments() if stats is not None else None
+        importance = calibrator.stats.input_moments() if clip == "hessian" else None
         swap(model, plan, rtn_quantizer(clip, importance), progress=progress)
         actual = model_size_bytes(model)
         if actual != alloc.size_bytes:  # the size model must be exact: a mismatch is a bug, not noise
@@ -111,16 +161,16 @@ def plot_bits(result: MixedPrecisionResult, path: str | Path, title: str = "") -
     fig, ax = plt.subplots(figsize=(max(6, len(names) * 0.09), 3))
     ax.bar(range(len(names)), [result.allocation.bits[n] for n in names],
            color=[colours.get(result.blocks[n], "grey") for n in names], width=1.0, edgecolor="white", linewidth=0.3)
-    for kind, c in colours.items():
-        if kind in result.blocks.values():
-            ax.bar([], [], color=c, label=kind)
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color=c, label=k) for k, c in colours.items() if k in result.blocks.values()]
     s = result.allocation.summary()
     ax.set_title(title or f"{s['allocation']}: {s['size_mb']:.2f} / {s['budget_mb']:.2f} MB, avg {s['average_bits']:.2f} bits")
     ax.set_xlabel("layer (execution order)")
     ax.set_ylabel("bits")
     ax.set_ylim(0, 8.5)
     ax.set_xlim(-0.5, len(names) - 0.5)
-    ax.legend(loc="lower right", fontsize=7, ncol=4)
+    ax.legend(handles=handles, loc="lower right", fontsize=7, ncol=4)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
