@@ -220,3 +220,42 @@ def test_quantize_to_budget_errors_are_clear():
         quantize_to_budget(model, processor, 1.0, average_bits=4, allocation="uniform")
     res = quantize_to_budget(model, processor, average_bits=4, allocation="uniform", apply=False)
     assert res.settings["clip"] == "mse" and set(res.allocation.bits.values()) == {4}
+
+
+# -- static activation ranges ---------------------------------------------------------------------
+
+from quasr.ranges import activation_range, fake_quant_activation  # noqa: E402
+
+
+def _heavy_tailed(n=20000, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, generator=g)
+    x[:3] *= 20  # a few outliers, as in transformer activations
+    return x
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_activation_range_searches_beat_minmax_on_outliers(bits, symmetric):
+    x = _heavy_tailed()
+    err = lambda sz: float(((fake_quant_activation(x, *sz, bits) - x) ** 2).mean())
+    cos = lambda sz: float(torch.nn.functional.cosine_similarity(x, fake_quant_activation(x, *sz, bits), dim=0))
+    mm = activation_range(x, bits, symmetric, "minmax")
+    assert err(activation_range(x, bits, symmetric, "mse")) <= err(mm)
+    assert cos(activation_range(x, bits, symmetric, "cosine")) >= cos(mm) - 1e-9
+    if bits == 4:  # outliers dominate a coarse grid: clipping them must help clearly
+        assert err(activation_range(x, bits, symmetric, "mse")) < 0.5 * err(mm)
+    scale, zero = activation_range(x, bits, symmetric, "percentile", percentile=99.9)
+    assert scale < mm[0]
+    # zero is exactly representable
+    assert float(fake_quant_activation(torch.zeros(1), scale, zero, bits)) == 0.0
+
+
+def test_activation_range_matches_the_observed_range_for_minmax():
+    x = torch.tensor([-1.0, 0.5, 3.0])
+    scale, zero = activation_range(x, 8, False, "minmax")
+    assert scale == pytest.approx(4.0 / 255) and zero == round(1.0 / scale)
+    with pytest.raises(ValueError, match="must be one of"):
+        activation_range(x, 8, method="kl")
+    with pytest.raises(ValueError, match="non-empty and finite"):
+        activation_range(torch.tensor([float("nan")]), 8)
