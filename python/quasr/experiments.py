@@ -28,6 +28,7 @@ from .allocate import MB, SizeModel
 from .data import Clip, load_clips
 from .evaluate import normalizer, transcribe, word_error_rate
 from .mixed import Calibrator, quantize_to_budget
+from .plan import model_size_bytes
 
 EXPERIMENTS = ("language", "gender", "speaker", "sweep")
 
@@ -100,6 +101,7 @@ class Experiment:
         self.out.mkdir(parents=True, exist_ok=True)
         self.float_model, self.processor = load_model(model_name)
         self.size_model = SizeModel(self.float_model, group_size=settings.group_size)
+        self.float_size_mb = model_size_bytes(self.float_model) / MB
 
     def budget_mb(self, avg_bits: float | None = None) -> float:
         if avg_bits is None and self.s.budget_mb is not None:
@@ -193,7 +195,7 @@ class Experiment:
                     continue
                 t = time.perf_counter()
                 v = score(model, g)
-                size = res.allocation.size_bytes / MB if res else self.size_model.size_bytes({n: "keep" for n in self.size_model.names}) / MB
+                size = res.allocation.size_bytes / MB if res else self.float_size_mb
                 cells.add(row, g, value=v, n_eval=len(groups[g][1]), n_calib=res.n_calibration_clips if res else 0,
                           size_mb=size, avg_bits=res.allocation.average_bits if res else 32.0)
                 self.log(f"{kind}: {row} -> {g}: {v:.2f} ({time.perf_counter() - t:.0f} s)")
@@ -209,10 +211,11 @@ class Experiment:
                 refs[g] = stored[g]["texts"]
         else:
             run_row("float", self.float_model, None)
-        rows = (["float"] if kind != "gender" else []) + ["uniform (no calibration)"] + [f"{kind}={g}" for g in cols]
-        if any((rows[-len(cols) - 1], g) not in cells.done for g in cols):
+        uniform_row = "uniform (no calibration)"
+        rows = (["float"] if kind != "gender" else []) + [uniform_row] + [f"{kind}={g}" for g in cols]
+        if any((uniform_row, g) not in cells.done for g in cols):
             model, res = self.quantized("uniform", budget, None)
-            run_row("uniform (no calibration)", model, res)
+            run_row(uniform_row, model, res)
         for g in cols:
             row = f"{kind}={g}"
             if all((row, c) in cells.done for c in cols):
@@ -241,7 +244,7 @@ class Experiment:
                 return
             t = time.perf_counter()
             wer = word_error_rate(refs, self.transcripts(model, ev, language), language)[0]
-            size = res.allocation.size_bytes / MB if res else self.size_model.size_bytes({n: "keep" for n in self.size_model.names}) / MB
+            size = res.allocation.size_bytes / MB if res else self.float_size_mb
             cells.add(row, col, value=wer, size_mb=size, avg_bits=res.allocation.average_bits if res else 32.0,
                       budget_mb=res.allocation.budget_bytes / MB if res else None, n_eval=len(ev),
                       n_calib=len(calib))

@@ -80,7 +80,8 @@ def _tied_embeddings(model: nn.Module, linears: dict[str, nn.Module]) -> dict[st
     return tied
 
 
-def _flat_weight(module: nn.Module) -> torch.Tensor:
+def flat_weight(module: nn.Module) -> torch.Tensor:
+    """A Linear's weight, or a Conv1d's [out, in/groups, k] weight as [out, in/groups*k]."""
     w = module.weight.detach()
     return w.reshape(w.shape[0], -1)
 
@@ -124,7 +125,7 @@ def swap(model: nn.Module, plan: dict, quantizer: Quantizer | None = None,
         module = layers[name]
         if isinstance(module, nn.Conv1d):
             QuantConv1d.check_supported(module)
-        pw = weights[name] if weights and name in weights else quantizer(name, _flat_weight(module), spec)
+        pw = weights[name] if weights and name in weights else quantizer(name, flat_weight(module), spec)
         new = QuantConv1d.from_float(module, pw) if isinstance(module, nn.Conv1d) else QuantLinear.from_float(module, pw)
         _install(model, name, new, tied.get(name, []))
     return model

@@ -31,6 +31,8 @@ from tqdm.auto import tqdm
 
 from .adapters.base import CalibrationBatch, ModelAdapter
 from .format import SUPPORTED_BITS
+from .format import dequantize
+from .plan import flat_weight, rtn_quantizer
 from .quantize import fake_quantize
 
 STATISTICS = ("median", "mean", "max", "std", "var")
@@ -149,11 +151,6 @@ def replaced_weight(module: nn.Module, weight: torch.Tensor):
         module.weight.data = original
 
 
-def _flat(module: nn.Module) -> torch.Tensor:
-    w = module.weight.detach()
-    return w.reshape(w.shape[0], -1)
-
-
 def output_distance(metric: str, ref: torch.Tensor, out: torch.Tensor, mask: torch.Tensor) -> float:
     """Mean distance between two [B, T, V] logit tensors over the masked positions."""
     r, o = ref[mask].float(), out[mask].float()
@@ -181,7 +178,7 @@ def distance_scores(adapter: ModelAdapter, batches: list[CalibrationBatch], metr
     refs = _reference_logits(adapter, batches)
     scores = {}
     for n, m in tqdm(mods.items(), desc=f"{metric} sensitivity", disable=not progress, leave=False):
-        wq = fake_quantize(_flat(m), bits, group_size, symmetric, clip)
+        wq = fake_quantize(flat_weight(m), bits, group_size, symmetric, clip)
         with replaced_weight(m, wq), torch.inference_mode():
             d = [output_distance(metric, r, adapter.forward_logits(b), b.mask) for r, b in zip(refs, batches)]
         scores[n] = sum(d) / len(d)
@@ -208,7 +205,7 @@ def fisher_diagonal(adapter: ModelAdapter, batches: list[CalibrationBatch], laye
         p.requires_grad_(False)
     for m in mods.values():
         m.weight.requires_grad_(True)
-    acc = {n: torch.zeros_like(_flat(m), dtype=torch.float32) for n, m in mods.items()}
+    acc = {n: torch.zeros_like(flat_weight(m), dtype=torch.float32) for n, m in mods.items()}
     examples = 0
     try:
         for ex in tqdm(list(_single_examples(batches)), desc="fisher", disable=not progress, leave=False):
@@ -261,13 +258,14 @@ def error_table(adapter: ModelAdapter, batches: list[CalibrationBatch], method: 
         stats = stats or collect_statistics(adapter, batches, progress=progress)
     moments = stats.input_moments() if stats is not None else {}
     refs = _reference_logits(adapter, batches) if method == "kl" else None
+    quantizer = rtn_quantizer(clip, moments if clip == "hessian" else None)  # exactly what swap will run
     table: dict[str, dict[int, float]] = {}
     for n, m in tqdm(mods.items(), desc=f"{method} errors", disable=not progress, leave=False):
-        w = _flat(m).float()
+        w = flat_weight(m).float()
         h = moments.get(n)
         row = {}
         for b in bits:
-            wq = fake_quantize(w, b, group_size, symmetric, clip if (clip != "hessian" or h is not None) else "mse", h)
+            wq = dequantize(quantizer(n, w, {"bits": b, "group_size": group_size, "symmetric": symmetric}))
             if method == "fisher":
                 row[b] = float((fisher[n] * (wq - w) ** 2).sum())
             elif method == "output":

@@ -61,14 +61,18 @@ class Wav2Vec2Adapter(ModelAdapter):
     def logits(self, waves) -> torch.Tensor:
         return self.model(**self.preprocess(waves)).logits
 
-    def transcribe_batch(self, waves, language=None):
-        ids = self.logits(waves).argmax(-1)
-        # trim each row to its own length so padding frames cannot emit characters
-        lengths = self.model._get_feat_extract_output_lengths(torch.tensor([len(w) for w in waves]))
+    def output_lengths(self, waves) -> torch.Tensor:
+        return self.model._get_feat_extract_output_lengths(torch.tensor([len(w) for w in waves]))
+
+    def decode(self, logits: torch.Tensor, lengths: torch.Tensor) -> list[str]:
+        """Greedy CTC over each row, trimmed to its own length so padding frames cannot emit characters."""
         blank = self.model.config.pad_token_id
         tok = self.processor.tokenizer
         return [tok.decode(ctc_collapse(row[: int(n)], blank), skip_special_tokens=True, group_tokens=False)
-                for row, n in zip(ids, lengths)]
+                for row, n in zip(logits.argmax(-1), lengths)]
+
+    def transcribe_batch(self, waves, language=None):
+        return self.decode(self.logits(waves), self.output_lengths(waves))
 
     def trace_forward(self):
         self.model(**self.preprocess([np.random.default_rng(0).normal(0, 0.1, SAMPLE_RATE).astype(np.float32)]))
@@ -76,7 +80,7 @@ class Wav2Vec2Adapter(ModelAdapter):
     def make_calibration_batch(self, waves, language):
         inputs = self.preprocess(waves)
         logits = self.model(**inputs).logits
-        lengths = self.model._get_feat_extract_output_lengths(torch.tensor([len(w) for w in waves]))
+        lengths = self.output_lengths(waves)
         mask = torch.arange(logits.shape[1])[None, :] < lengths[:, None]
         # frame-wise self labels: the float model's greedy CTC path
-        return CalibrationBatch(inputs, mask, logits.argmax(-1), self.transcribe_batch(waves, language))
+        return CalibrationBatch(inputs, mask, logits.argmax(-1), self.decode(logits, lengths))
