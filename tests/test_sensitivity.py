@@ -259,3 +259,9 @@ def test_activation_range_matches_the_observed_range_for_minmax():
         activation_range(x, 8, method="kl")
     with pytest.raises(ValueError, match="non-empty and finite"):
         activation_range(torch.tensor([float("nan")]), 8)
+
+
+def test_all_silent_calibration_audio_is_a_clear_error():
+    model, processor = tiny_family("whisper")
+    with pytest.raises(ValueError, match="no usable calibration audio"):
+        quantize_to_budget(model, processor, average_bits=4, calibration=[np.zeros(16000, np.float32)])
