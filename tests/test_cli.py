@@ -60,3 +60,18 @@ def test_every_family_through_the_cli(family, tmp_path, capsys):
     assert r["n_clips"] == 2 and r["wer"] is not None and r["avg_bits"] == 4
     assert main(["transcribe", str(out), str(data / "c0.wav"), "--json"]) == 0
     assert isinstance(json.loads(capsys.readouterr().out)[0]["text"], str)
+
+
+def test_device_option_errors_name_the_problem():
+    import torch
+
+    from quasr.models import resolve_device
+
+    assert resolve_device(None).type == "cpu"
+    with pytest.raises(ValueError, match="cpu, cuda or cuda:N"):
+        resolve_device("gpu0")
+    with pytest.raises(ValueError, match="cpu or cuda"):
+        resolve_device("meta")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="sees no CUDA GPU"):
+            resolve_device("cuda")

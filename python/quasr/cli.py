@@ -92,7 +92,7 @@ def cmd_quantize(args) -> int:
     from .plan import average_bits, model_size_bytes
     from .serialize import save_quantized
 
-    model, processor = load_model(args.model)
+    model, processor = load_model(args.model, device=args.device)
     start = time.perf_counter()
     mixed = args.budget_mb is not None or args.avg_bits is not None
     if mixed:
@@ -151,7 +151,7 @@ def cmd_eval(args) -> int:
     from .models import load_model
 
     clips = _load_data(args)
-    model, processor = load_model(args.model)
+    model, processor = load_model(args.model, device=args.device)
     r = evaluate(model, processor, clips, args.language, args.batch_size, progress=sys.stderr.isatty())
     if not args.transcripts:
         r.pop("transcripts")
@@ -166,7 +166,7 @@ def cmd_transcribe(args) -> int:
     from .models import load_model
 
     waves = [load_audio(a) for a in args.audio]
-    model, processor = load_model(args.model)
+    model, processor = load_model(args.model, device=args.device)
     texts = transcribe(model, processor, waves, args.language, args.batch_size)
     if args.json:
         print(json.dumps([{"audio": a, "text": t} for a, t in zip(args.audio, texts)]))
@@ -183,7 +183,7 @@ def cmd_demo(args) -> int:
 
     clips = _load_data(args)
     results = {}
-    model, processor = load_model(args.model)
+    model, processor = load_model(args.model, device=args.device)
     results["float"] = evaluate(model, processor, clips, args.language, args.batch_size, progress=sys.stderr.isatty())
     print(_summary(f"{args.model} float", results["float"]), flush=True)
     _quantize(model, args)
@@ -207,7 +207,8 @@ def cmd_experiment(args) -> int:
 
     settings = Settings(budget_mb=args.budget_mb, avg_bits=args.avg_bits, allocation=args.allocation,
                         sensitivity=args.sensitivity, error=args.error, clip=args.clip, group_size=args.group_size,
-                        n_calib=args.calib_clips, n_eval=args.eval_clips, batch_size=args.batch_size, seed=args.seed)
+                        n_calib=args.calib_clips, n_eval=args.eval_clips, batch_size=args.batch_size, seed=args.seed,
+                        device=args.device)
     exp = Experiment(args.model, args.out, settings, progress=sys.stderr.isatty(),
                      log=lambda m: print(m, file=sys.stderr, flush=True))
     if args.kind == "sweep":
@@ -243,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--language", default=None, help="language code: filters the data, sets Whisper's language")
         p.add_argument("--limit", type=int, default=None, help="use the first N clips")
         p.add_argument("--batch-size", type=int, default=8)
+        p.add_argument("--device", default="cpu", help="cpu (native kernels) or cuda[:N] (default cpu)")
         p.add_argument("--json", action="store_true", help="print figures as one JSON object")
 
     p = sub.add_parser("quantize", help="quantize a model and save it (uniform --bits, or mixed precision to --budget-mb)")
@@ -254,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-language", default=None)
     p.add_argument("--eval-limit", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="cpu", help="cpu (native kernels) or cuda[:N] (default cpu)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_quantize)
 
@@ -269,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("audio", nargs="+")
     p.add_argument("--language", default=None)
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="cpu", help="cpu (native kernels) or cuda[:N] (default cpu)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_transcribe)
 
@@ -300,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-clips", type=int, default=32, help="calibration clips per group (default 32)")
     p.add_argument("--eval-clips", type=int, default=40, help="held-apart evaluation clips per group (default 40)")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="cpu", help="cpu (native kernels) or cuda[:N] (default cpu)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_experiment)
 

@@ -46,6 +46,7 @@ class Settings:
     n_eval: int = 40
     batch_size: int = 8
     seed: int = 0
+    device: str = "cpu"
 
 
 def split_groups(clips: list[Clip], key, n_calib: int, n_eval: int, seed: int = 0) -> dict[str, tuple[list[Clip], list[Clip]]]:
@@ -99,7 +100,7 @@ class Experiment:
         self.model_name, self.s, self.progress, self.log = model_name, settings, progress, log
         self.out = Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
-        self.float_model, self.processor = load_model(model_name)
+        self.float_model, self.processor = load_model(model_name, device=settings.device)
         self.size_model = SizeModel(self.float_model, group_size=settings.group_size)
         self.float_size_mb = model_size_bytes(self.float_model) / MB
 

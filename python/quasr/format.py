@@ -123,7 +123,7 @@ def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
         sub = (c >> shift) & ((1 << w) - 1)
         per_byte = 8 // w
         sub = sub.view(n, kp // per_byte, per_byte)
-        weights = torch.tensor([1 << (i * w) for i in range(per_byte)], dtype=torch.int32)
+        weights = torch.tensor([1 << (i * w) for i in range(per_byte)], dtype=torch.int32, device=c.device)
         planes.append((sub * weights).sum(-1).to(torch.uint8))
         shift += w
     return torch.cat(planes, dim=1).contiguous()
@@ -135,13 +135,13 @@ def unpack_codes(packed: torch.Tensor, bits: int) -> torch.Tensor:
     n, row_bytes = packed.shape
     kp = row_bytes * 8 // bits
     p = packed.to(torch.int32)
-    codes = torch.zeros(n, kp, dtype=torch.int32)
+    codes = torch.zeros(n, kp, dtype=torch.int32, device=packed.device)
     offset, shift = 0, 0
     for w in plane_widths(bits):
         nbytes = kp * w // 8
         per_byte = 8 // w
         plane = p[:, offset : offset + nbytes]
-        shifts = torch.tensor([i * w for i in range(per_byte)], dtype=torch.int32)
+        shifts = torch.tensor([i * w for i in range(per_byte)], dtype=torch.int32, device=packed.device)
         sub = (plane.unsqueeze(-1) >> shifts) & ((1 << w) - 1)
         codes |= sub.reshape(n, kp) << shift
         offset += nbytes
@@ -150,15 +150,16 @@ def unpack_codes(packed: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 def dequantize(pw: PackedWeight, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Reference dequantization: PackedWeight -> dense [N, in_features] weight."""
-    codes = unpack_codes(pw.packed.cpu(), pw.bits).to(torch.float32)
+    """Reference dequantization: PackedWeight -> dense [N, in_features] weight, on the packed
+    weight's device (so packed modules on a GPU never round-trip through host memory)."""
+    codes = unpack_codes(pw.packed, pw.bits).to(torch.float32)
     n, kp = codes.shape
     g = pw.group_size
-    scales = pw.scales.cpu().to(torch.float32).unsqueeze(-1)
+    scales = pw.scales.to(codes.device, torch.float32).unsqueeze(-1)
     if pw.zeros is None:
         zeros = torch.full_like(scales, float(1 << (pw.bits - 1)))
     else:
-        zeros = pw.zeros.cpu().to(torch.float32).unsqueeze(-1)
+        zeros = pw.zeros.to(codes.device, torch.float32).unsqueeze(-1)
     w = (codes.view(n, kp // g, g) - zeros) * scales
     return w.view(n, kp)[:, : pw.in_features].to(dtype)
 
@@ -173,7 +174,7 @@ def quantize_to_codes(
     n, k = weight.shape
     g = group_size
     kp = scales.shape[1] * g
-    w = torch.zeros(n, kp, dtype=torch.float32)
+    w = torch.zeros(n, kp, dtype=torch.float32, device=weight.device)
     w[:, :k] = weight.to(torch.float32)
     s = scales.to(torch.float32).unsqueeze(-1)
     z = torch.full_like(s, float(1 << (bits - 1))) if zeros is None else zeros.to(torch.float32).unsqueeze(-1)

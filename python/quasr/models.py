@@ -112,12 +112,34 @@ def model_family(config) -> str:
     return adapter_class(getattr(config, "model_type", None)).family
 
 
-def load_model(name_or_path: str, dtype=None):
-    """Return (model, processor) in eval mode.
+def resolve_device(device: str | None) -> "torch.device":
+    """A torch device from a user's string ("cpu", "cuda", "cuda:1"; None = cpu), or a clear error."""
+    import torch
+
+    try:
+        dev = torch.device(device or "cpu")
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but this torch ({torch.__version__}) sees no CUDA GPU; use --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r} is not supported: quasr runs on cpu or cuda")
+    return dev
+
+
+def load_model(name_or_path: str, dtype=None, device: str | None = None):
+    """Return (model, processor) in eval mode, on `device` (default cpu).
 
     `name_or_path`: a built-in name ({names}), a local Hugging Face model directory, a directory
-    written by `quasr quantize`, or a hub id (needs network access).
+    written by `quasr quantize`, or a hub id (needs network access). Quantization itself runs on the
+    CPU copy of each weight; on a GPU, packed layers run the plain-torch reference kernel.
     """
+    dev = resolve_device(device)
+    model, processor = _load_model(name_or_path, dtype)
+    return model.to(dev), processor
+
+
+def _load_model(name_or_path: str, dtype=None):
     from transformers import AutoConfig
 
     from .adapters import adapter_class

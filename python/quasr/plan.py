@@ -127,7 +127,7 @@ def swap(model: nn.Module, plan: dict, quantizer: Quantizer | None = None,
             QuantConv1d.check_supported(module)
         pw = weights[name] if weights and name in weights else quantizer(name, flat_weight(module), spec)
         new = QuantConv1d.from_float(module, pw) if isinstance(module, nn.Conv1d) else QuantLinear.from_float(module, pw)
-        _install(model, name, new, tied.get(name, []))
+        _install(model, name, new.to(module.weight.device), tied.get(name, []))
     return model
 
 

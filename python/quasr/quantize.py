@@ -21,7 +21,7 @@ def _grouped(weight: torch.Tensor, group_size: int, padded: int) -> tuple[torch.
     w = weight.to(torch.float32)
     if padded > k:  # replicate: min/max are unchanged and the mask keeps padding out of errors
         w = torch.cat([w, w[:, -1:].expand(n, padded - k)], dim=1)
-    mask = torch.zeros(padded, dtype=torch.bool)
+    mask = torch.zeros(padded, dtype=torch.bool, device=weight.device)
     mask[:k] = True
     return w.view(n, padded // group_size, group_size), mask.view(padded // group_size, group_size)
 
@@ -49,16 +49,16 @@ def _fake_quant(w, scale, zero, bits, symmetric):
     return (q - z.unsqueeze(-1)) * scale.unsqueeze(-1)
 
 
-def _grouped_importance(importance: torch.Tensor, n: int, k: int, g: int, padded: int) -> torch.Tensor:
+def _grouped_importance(importance: torch.Tensor, n: int, k: int, g: int, padded: int, device) -> torch.Tensor:
     """[K] or [N, K] non-negative weights -> [N or 1, G, g] (padding columns weigh 0)."""
-    h = importance.detach().to(torch.float32).cpu()
+    h = importance.detach().to(device, torch.float32)
     if h.dim() == 1:
         h = h.unsqueeze(0)
     if h.shape[-1] != k or h.shape[0] not in (1, n):
         raise ValueError(f"importance must have shape [{k}] or [{n}, {k}], got {tuple(importance.shape)}")
     if not torch.isfinite(h).all() or (h < 0).any():
         raise ValueError("importance (input second moments) must be finite and non-negative")
-    h = torch.cat([h, torch.zeros(h.shape[0], padded - k)], 1) if padded > k else h
+    h = torch.cat([h, h.new_zeros(h.shape[0], padded - k)], 1) if padded > k else h
     return h.view(h.shape[0], padded // g, g)
 
 
@@ -104,8 +104,9 @@ def rtn_quantize(
         )
     n, k = weight.shape
     g, padded = resolve_group_size(group_size, k)
-    w, mask = _grouped(weight.detach().cpu(), g, padded)
-    h = _grouped_importance(importance, n, k, g, padded) if clip == "hessian" else None
+    # runs where the weight lives (CPU, or the GPU a model was loaded on)
+    w, mask = _grouped(weight.detach(), g, padded)
+    h = _grouped_importance(importance, n, k, g, padded, weight.device) if clip == "hessian" else None
     lo, hi = w.amin(-1), w.amax(-1)
     scale, zero = _scale_zero(lo, hi, bits, symmetric)
     if clip != "minmax" and grid > 1:
@@ -122,7 +123,7 @@ def rtn_quantize(
     if not torch.isfinite(scales16).all():
         raise ValueError(f"{name}: weights too large for float16 scales (max |w| = {weight.abs().max():.3g})")
     zeros16 = None if symmetric else zero.to(torch.float16)
-    codes = quantize_to_codes(weight.detach().cpu(), scales16, zeros16, bits, g)
+    codes = quantize_to_codes(weight.detach(), scales16, zeros16, bits, g)
     pw = PackedWeight(pack_codes(codes, bits), scales16, zeros16, bits, g, k)
     pw.validate()
     return pw

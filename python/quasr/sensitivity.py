@@ -88,7 +88,7 @@ class CalibrationStatistics:
                 k, groups = mod.kernel_size[0], mod.groups
                 per_group = m.view(groups, -1).repeat_interleave(k, dim=1)  # [groups, Cin/groups * k]
                 m = per_group.repeat_interleave(mod.out_channels // groups, dim=0)
-            out[n] = m
+            out[n] = m.cpu()  # portable: quantizers move it to the weight's device
         return out
 
 
@@ -144,7 +144,7 @@ def collect_statistics(adapter: ModelAdapter, batches: list[CalibrationBatch], l
 def replaced_weight(module: nn.Module, weight: torch.Tensor):
     """Temporarily run `module` with another weight (same shape)."""
     original = module.weight.data
-    module.weight.data = weight.view_as(original).to(original.dtype)
+    module.weight.data = weight.to(original.device, original.dtype).view_as(original)
     try:
         yield
     finally:
@@ -226,7 +226,7 @@ def fisher_diagonal(adapter: ModelAdapter, batches: list[CalibrationBatch], laye
             p.requires_grad_(s)
     if examples == 0:
         raise ValueError("no calibration clip produced any output position to compute the Fisher on")
-    return {n: a / examples for n, a in acc.items()}
+    return {n: (a / examples).cpu() for n, a in acc.items()}
 
 
 def sensitivity_scores(adapter: ModelAdapter, batches: list[CalibrationBatch], method: str = "median",
@@ -262,12 +262,12 @@ def error_table(adapter: ModelAdapter, batches: list[CalibrationBatch], method: 
     table: dict[str, dict[int, float]] = {}
     for n, m in tqdm(mods.items(), desc=f"{method} errors", disable=not progress, leave=False):
         w = flat_weight(m).float()
-        h = moments.get(n)
+        h = None if moments.get(n) is None else moments[n].to(w.device)
         row = {}
         for b in bits:
             wq = dequantize(quantizer(n, w, {"bits": b, "group_size": group_size, "symmetric": symmetric}))
             if method == "fisher":
-                row[b] = float((fisher[n] * (wq - w) ** 2).sum())
+                row[b] = float((fisher[n].to(w.device) * (wq - w) ** 2).sum())
             elif method == "output":
                 hh = h if h.dim() == 2 else h.unsqueeze(0)
                 row[b] = float(((wq - w) ** 2 * hh).sum() / ((w * w * hh).sum()).clamp(min=1e-30))

@@ -31,7 +31,7 @@ def save_quantized(model, processor, out_dir: str | Path, meta: dict | None = No
             aliases[k] = seen[key]
             continue
         seen[key] = k
-        state[k] = v.detach().contiguous()
+        state[k] = v.detach().cpu().contiguous()  # a model on a GPU saves like one on the CPU
     save_file(state, str(out / "model.safetensors"))
     model.config.save_pretrained(out)
     if getattr(model, "generation_config", None) is not None:  # CTC models have none

@@ -103,6 +103,14 @@ class ModelAdapter:
     def dtype(self) -> torch.dtype:
         return next((p.dtype for p in self.model.parameters() if p.is_floating_point()), torch.float32)
 
+    @property
+    def device(self) -> torch.device:
+        return next((p.device for p in self.model.parameters()), torch.device("cpu"))
+
+    def to_device(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Preprocessed inputs on the model's device (features are computed on the CPU)."""
+        return {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in inputs.items()}
+
     def is_multilingual(self) -> bool:
         return False
 
@@ -273,7 +281,7 @@ class Seq2SeqAdapter(ModelAdapter):
         wave = np.zeros(SAMPLE_RATE, np.float32)
         wave[::97] = 0.1  # not silent
         start = self.model.generation_config.decoder_start_token_id
-        self.model(**self.preprocess([wave]), decoder_input_ids=torch.tensor([[start, start]]))
+        self.model(**self.preprocess([wave]), decoder_input_ids=torch.tensor([[start, start]], device=self.device))
 
     def make_calibration_batch(self, waves, language):
         ids = self.generate(waves, language)

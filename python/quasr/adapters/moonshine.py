@@ -26,4 +26,4 @@ class MoonshineAdapter(Seq2SeqAdapter):
         out = {"input_values": inputs["input_values"].to(self.dtype)}
         if "attention_mask" in inputs:
             out["attention_mask"] = inputs["attention_mask"]
-        return out
+        return self.to_device(out)

@@ -56,13 +56,13 @@ class Wav2Vec2Adapter(ModelAdapter):
         # checkpoints with group-norm feature extractors (e.g. wav2vec2-base) must not get a mask
         if "attention_mask" in inputs and getattr(self.processor.feature_extractor, "return_attention_mask", False):
             out["attention_mask"] = inputs["attention_mask"]
-        return out
+        return self.to_device(out)
 
     def logits(self, waves) -> torch.Tensor:
         return self.model(**self.preprocess(waves)).logits
 
     def output_lengths(self, waves) -> torch.Tensor:
-        return self.model._get_feat_extract_output_lengths(torch.tensor([len(w) for w in waves]))
+        return self.model._get_feat_extract_output_lengths(torch.tensor([len(w) for w in waves], device=self.device))
 
     def decode(self, logits: torch.Tensor, lengths: torch.Tensor) -> list[str]:
         """Greedy CTC over each row, trimmed to its own length so padding frames cannot emit characters."""
@@ -81,6 +81,6 @@ class Wav2Vec2Adapter(ModelAdapter):
         inputs = self.preprocess(waves)
         logits = self.model(**inputs).logits
         lengths = self.output_lengths(waves)
-        mask = torch.arange(logits.shape[1])[None, :] < lengths[:, None]
+        mask = torch.arange(logits.shape[1], device=logits.device)[None, :] < lengths[:, None]
         # frame-wise self labels: the float model's greedy CTC path
         return CalibrationBatch(inputs, mask, logits.argmax(-1), self.decode(logits, lengths))

@@ -24,7 +24,7 @@ class WhisperAdapter(Seq2SeqAdapter):
 
     def preprocess(self, waves):
         feats = self.processor.feature_extractor(waves, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
-        return {"input_features": feats.to(self.dtype)}
+        return self.to_device({"input_features": feats.to(self.dtype)})
 
     def generate_kwargs(self, language):
         return {"language": language, "task": "transcribe"} if language and self.is_multilingual() else {}
