@@ -302,7 +302,9 @@ class Experiment:
         if fl:
             ax.axhline(fl["value"], color="black", linestyle="--", linewidth=1, label=f"float ({fl['size_mb']:.0f} MB)")
         ax.set_xlabel("model size (MB)")
-        ax.set_ylabel("WER %")
+        ax.set_ylabel("WER % (log scale)")
+        # broken low-bit models reach hundreds of %: a log axis keeps the usable region readable
+        ax.set_yscale("log" if all(r["value"] > 0 for r in cells.done.values()) else "symlog")
         ax.set_title(f"{self.model_name}: WER vs size ({n_eval} clips)", fontsize=9)
         ax.legend(fontsize=8)
         fig.tight_layout()
