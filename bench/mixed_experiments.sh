@@ -3,7 +3,7 @@
 # personalisation matrices for the three built-in models. Resumable: finished cells are skipped.
 # usage: bash bench/mixed_experiments.sh [DEVICE]    (DEVICE: cpu or cuda; the recorded run used cuda)
 # On 2 CPU cores this takes many hours (low-bit models loop up to the token cap); on one H100 about
-# 25 minutes with the models run side by side.
+# 20 minutes with the models run side by side.
 set -e
 DEV=${1:-cpu}
 OUT=bench/results/mixed
