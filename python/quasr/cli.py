@@ -234,6 +234,10 @@ def cmd_info(args) -> int:
     return 0
 
 
+def _add_device_arg(p) -> None:
+    p.add_argument("--device", default="cpu", help="cpu (native kernels) or cuda[:N] (default cpu)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="quasr", description="Low-bit PTQ for speech recognition models")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -244,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--language", default=None, help="language code: filters the data, sets Whisper's language")
         p.add_argument("--limit", type=int, default=None, help="use the first N clips")
         p.add_argument("--batch-size", type=int, default=8)
-        p.add_argument("--device", default="cpu", help="cpu (native kernels) or cuda[:N] (default cpu)")
+        _add_device_arg(p)
         p.add_argument("--json", action="store_true", help="print figures as one JSON object")
 
     p = sub.add_parser("quantize", help="quantize a model and save it (uniform --bits, or mixed precision to --budget-mb)")
@@ -256,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-language", default=None)
     p.add_argument("--eval-limit", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--device", default="cpu", help="cpu (native kernels) or cuda[:N] (default cpu)")
+    _add_device_arg(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_quantize)
 
@@ -272,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("audio", nargs="+")
     p.add_argument("--language", default=None)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--device", default="cpu", help="cpu (native kernels) or cuda[:N] (default cpu)")
+    _add_device_arg(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_transcribe)
 
@@ -304,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-clips", type=int, default=32, help="calibration clips per group (default 32)")
     p.add_argument("--eval-clips", type=int, default=40, help="held-apart evaluation clips per group (default 40)")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--device", default="cpu", help="cpu (native kernels) or cuda[:N] (default cpu)")
+    _add_device_arg(p)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_experiment)
 

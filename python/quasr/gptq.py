@@ -38,16 +38,16 @@ def gptq_quantize(
     check_bits(bits)
     if weight.dim() != 2:
         raise ValueError(f"{name}: expected a 2-D weight, got shape {tuple(weight.shape)}")
-    n, k = weight.shape
+    k = weight.shape[1]
     if tuple(hessian.shape) != (k, k):
         raise ValueError(f"{name}: Hessian must be [{k}, {k}] (the layer's input features), got {tuple(hessian.shape)}")
     if not torch.isfinite(hessian).all():
         raise ValueError(f"{name}: Hessian has non-finite entries; check the calibration activations")
     if not 0 < damp < 1:
         raise ValueError(f"damp must be in (0, 1) (a fraction of the mean Hessian diagonal), got {damp}")
-    g, padded = resolve_group_size(group_size, k)
+    g, _ = resolve_group_size(group_size, k)
     dev = weight.device
-    W = weight.detach().to(dev, torch.float32).clone()
+    W = weight.detach().to(torch.float32).clone()
     H = hessian.detach().to(dev, torch.float32).clone()
 
     # inputs that never fired on the calibration audio: a unit diagonal decouples them, so they are
@@ -56,8 +56,6 @@ def gptq_quantize(
     H[dead, dead] = 1.0
     # static per-group ranges from the original weight
     ranges = rtn_quantize(W, bits, group_size, symmetric, clip=clip, name=name)
-    scales = ranges.scales.to(torch.float32)
-    zeros = None if symmetric else ranges.zeros.to(torch.float32)
     maxq = (1 << bits) - 1
     mid = float(1 << (bits - 1))
 
@@ -72,8 +70,8 @@ def gptq_quantize(
                          f"or use more calibration audio") from None
 
     col_group = perm // g  # group of each (permuted) column
-    s_cols = scales[:, col_group]  # [N, K] scale of every permuted column
-    z_cols = torch.full_like(s_cols, mid) if symmetric else zeros[:, col_group]
+    s_cols = ranges.scales.float()[:, col_group]  # [N, K] scale of every permuted column
+    z_cols = torch.full_like(s_cols, mid) if symmetric else ranges.zeros.float()[:, col_group]
     Q = torch.zeros_like(W)
     for i1 in range(0, k, block_size):
         i2 = min(i1 + block_size, k)
@@ -91,9 +89,7 @@ def gptq_quantize(
         W[:, i2:] -= E1 @ Hinv[i1:i2, i2:]
 
     Q = Q[:, torch.argsort(perm)]
-    scales16 = ranges.scales
-    zeros16 = None if symmetric else ranges.zeros
-    codes = quantize_to_codes(Q, scales16, zeros16, bits, g)  # Q is on the grid: this rounding is exact
-    pw = PackedWeight(pack_codes(codes, bits), scales16, zeros16, bits, g, k)
+    codes = quantize_to_codes(Q, ranges.scales, ranges.zeros, bits, g)  # Q is on the grid: exact rounding
+    pw = PackedWeight(pack_codes(codes, bits), ranges.scales, ranges.zeros, bits, g, k)
     pw.validate()
     return pw

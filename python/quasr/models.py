@@ -131,8 +131,8 @@ def load_model(name_or_path: str, dtype=None, device: str | None = None):
     """Return (model, processor) in eval mode, on `device` (default cpu).
 
     `name_or_path`: a built-in name ({names}), a local Hugging Face model directory, a directory
-    written by `quasr quantize`, or a hub id (needs network access). Quantization itself runs on the
-    CPU copy of each weight; on a GPU, packed layers run the plain-torch reference kernel.
+    written by `quasr quantize`, or a hub id (needs network access). Calibration and quantization run
+    on that device; on a GPU, packed layers run the plain-torch reference kernel.
     """
     dev = resolve_device(device)
     model, processor = _load_model(name_or_path, dtype)

@@ -263,11 +263,12 @@ def error_table(adapter: ModelAdapter, batches: list[CalibrationBatch], method: 
     for n, m in tqdm(mods.items(), desc=f"{method} errors", disable=not progress, leave=False):
         w = flat_weight(m).float()
         h = None if moments.get(n) is None else moments[n].to(w.device)
+        f = fisher[n].to(w.device) if method == "fisher" else None
         row = {}
         for b in bits:
             wq = dequantize(quantizer(n, w, {"bits": b, "group_size": group_size, "symmetric": symmetric}))
             if method == "fisher":
-                row[b] = float((fisher[n].to(w.device) * (wq - w) ** 2).sum())
+                row[b] = float((f * (wq - w) ** 2).sum())
             elif method == "output":
                 hh = h if h.dim() == 2 else h.unsqueeze(0)
                 row[b] = float(((wq - w) ** 2 * hh).sum() / ((w * w * hh).sum()).clamp(min=1e-30))

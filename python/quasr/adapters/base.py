@@ -107,10 +107,6 @@ class ModelAdapter:
     def device(self) -> torch.device:
         return next((p.device for p in self.model.parameters()), torch.device("cpu"))
 
-    def to_device(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Preprocessed inputs on the model's device (features are computed on the CPU)."""
-        return {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in inputs.items()}
-
     def is_multilingual(self) -> bool:
         return False
 
@@ -118,9 +114,13 @@ class ModelAdapter:
         if language and language != "en" and not self.is_multilingual():
             raise ValueError(f"this {self.family} model is English-only; it cannot transcribe language {language!r}")
 
-    def preprocess(self, waves: list[np.ndarray]) -> dict[str, torch.Tensor]:
-        """Model inputs for a batch of 16 kHz mono float32 waveforms."""
+    def features(self, waves: list[np.ndarray]) -> dict[str, torch.Tensor]:
+        """Model inputs (on the CPU) for a batch of 16 kHz mono float32 waveforms: each family's part."""
         raise NotImplementedError
+
+    def preprocess(self, waves: list[np.ndarray]) -> dict[str, torch.Tensor]:
+        """Model inputs for a batch of waveforms, on the model's device."""
+        return {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in self.features(waves).items()}
 
     def transcribe_batch(self, waves: list[np.ndarray], language: str | None = None) -> list[str]:
         """Greedy transcripts of one batch (no chunking, no silence handling)."""

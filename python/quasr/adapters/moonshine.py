@@ -21,9 +21,9 @@ class MoonshineAdapter(Seq2SeqAdapter):
 
         return MoonshineForConditionalGeneration
 
-    def preprocess(self, waves):
+    def features(self, waves):
         inputs = self.processor(waves, sampling_rate=SAMPLE_RATE, return_tensors="pt", padding=True)
         out = {"input_values": inputs["input_values"].to(self.dtype)}
         if "attention_mask" in inputs:
             out["attention_mask"] = inputs["attention_mask"]
-        return self.to_device(out)
+        return out

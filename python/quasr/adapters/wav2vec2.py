@@ -50,13 +50,13 @@ class Wav2Vec2Adapter(ModelAdapter):
             return load_wav2vec2_onnx(path)
         return super().load(source, dtype)
 
-    def preprocess(self, waves):
+    def features(self, waves):
         inputs = self.processor(waves, sampling_rate=SAMPLE_RATE, return_tensors="pt", padding=True)
         out = {"input_values": inputs["input_values"].to(self.dtype)}
         # checkpoints with group-norm feature extractors (e.g. wav2vec2-base) must not get a mask
         if "attention_mask" in inputs and getattr(self.processor.feature_extractor, "return_attention_mask", False):
             out["attention_mask"] = inputs["attention_mask"]
-        return self.to_device(out)
+        return out
 
     def logits(self, waves) -> torch.Tensor:
         return self.model(**self.preprocess(waves)).logits

@@ -22,9 +22,9 @@ class WhisperAdapter(Seq2SeqAdapter):
     def is_multilingual(self) -> bool:
         return bool(getattr(self.model.generation_config, "is_multilingual", False))
 
-    def preprocess(self, waves):
+    def features(self, waves):
         feats = self.processor.feature_extractor(waves, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
-        return self.to_device({"input_features": feats.to(self.dtype)})
+        return {"input_features": feats.to(self.dtype)}
 
     def generate_kwargs(self, language):
         return {"language": language, "task": "transcribe"} if language and self.is_multilingual() else {}
