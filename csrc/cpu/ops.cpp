@@ -17,7 +17,9 @@ namespace {
 
 at::Tensor qlinear_cpu(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales,
                        const std::optional<at::Tensor>& zeros, const std::optional<at::Tensor>& bias, int64_t bits,
-                       int64_t group_size, int64_t in_features, int64_t kernel) {
+                       int64_t group_size, int64_t in_features, int64_t kernel,
+                       const std::optional<at::Tensor>& input_mul, int64_t act_bits, bool act_symmetric,
+                       double act_scale, double act_zero) {
   TORCH_CHECK(bits >= 2 && bits <= 8, "quasr::qlinear: bits must be 2..8, got ", bits);
   TORCH_CHECK(packed.dim() == 2 && packed.scalar_type() == at::kByte, "quasr::qlinear: packed must be uint8 [N, Kp*bits/8]");
   TORCH_CHECK((packed.size(1) * 8) % bits == 0, "quasr::qlinear: packed row length does not match bits");
@@ -34,6 +36,11 @@ at::Tensor qlinear_cpu(const at::Tensor& x, const at::Tensor& packed, const at::
                 "quasr::qlinear: zeros must be float16 like scales");
   if (bias.has_value()) TORCH_CHECK(bias->numel() == N, "quasr::qlinear: bias must have ", N, " elements");
   TORCH_CHECK(x.device().is_cpu() && packed.device().is_cpu(), "quasr::qlinear: CPU kernel got a non-CPU tensor");
+  TORCH_CHECK(act_bits == 0 || (act_bits >= 2 && act_bits <= 8), "quasr::qlinear: act_bits must be 0 (off) or 2..8, got ",
+              act_bits);
+  if (input_mul.has_value())
+    TORCH_CHECK(input_mul->numel() == in_features && input_mul->scalar_type() == at::kFloat,
+                "quasr::qlinear: input_mul must be float32 [in_features]");
 
   const auto kind = quasr::choose_kernel(static_cast<quasr::Kernel>(kernel), 1);  // validates the request
   TORCH_CHECK(static_cast<quasr::Kernel>(kernel) == quasr::Kernel::Auto ||
@@ -43,6 +50,16 @@ at::Tensor qlinear_cpu(const at::Tensor& x, const at::Tensor& packed, const at::
   at::Tensor x2 = x.reshape({-1, in_features}).to(at::kFloat).contiguous();
   if (Kp != in_features) x2 = at::constant_pad_nd(x2, {0, Kp - in_features}, 0);
   const int64_t M = x2.size(0);
+  if (act_bits > 0 || input_mul.has_value()) {
+    // Fused input transform: smoothing multiply and activation fake-quant, on a private copy of x.
+    if (x2.data_ptr() == x.data_ptr()) x2 = x2.clone();
+    at::Tensor mul_c = input_mul.has_value() ? input_mul->contiguous() : at::Tensor();
+    const float* mul = mul_c.defined() ? mul_c.data_ptr<float>() : nullptr;
+    const quasr::ActQuant q{static_cast<int>(act_bits), act_symmetric, static_cast<float>(act_scale),
+                            static_cast<float>(act_zero)};
+    float* xp = x2.data_ptr<float>();
+    at::parallel_for(0, M, 64, [&](int64_t b, int64_t e) { quasr::quantize_activations(xp, Kp, in_features, mul, q, b, e); });
+  }
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = N;
   at::Tensor y = at::empty({M, N}, x2.options());
@@ -126,7 +143,8 @@ bool cpu_has_avx2() { return quasr::cpu_has_avx2_fma(); }
 TORCH_LIBRARY(quasr, m) {
   m.def(
       "qlinear(Tensor x, Tensor packed, Tensor scales, Tensor? zeros, Tensor? bias, int bits, int group_size, "
-      "int in_features, int kernel=0) -> Tensor");
+      "int in_features, int kernel=0, Tensor? input_mul=None, int act_bits=0, bool act_symmetric=False, "
+      "float act_scale=0., float act_zero=0.) -> Tensor");
   m.def("dequantize(Tensor packed, Tensor scales, Tensor? zeros, int bits, int group_size, int in_features) -> Tensor");
   m.def("cpu_has_avx2() -> bool", &cpu_has_avx2);
 }

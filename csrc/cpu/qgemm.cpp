@@ -5,6 +5,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 
 namespace quasr {
@@ -425,6 +426,42 @@ void qgemm_rows(Kernel kernel, const QGemmArgs& a, const float* prepared, int64_
     case 6: return rows_avx2<6>(kernel, a, prepared, n0, n1, scratch);
     case 7: return rows_avx2<7>(kernel, a, prepared, n0, n1, scratch);
     default: return rows_avx2<8>(kernel, a, prepared, n0, n1, scratch);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Activation fake-quant (plain loops: one pass for the range, one for the rounding; both are
+// O(M*K) against the GEMM's O(M*N*K)).
+// ---------------------------------------------------------------------------------------------
+
+void quantize_activations(float* x, int64_t ld, int64_t K, const float* mul, const ActQuant& q, int64_t m0,
+                          int64_t m1) {
+  const float maxq = static_cast<float>((1 << q.bits) - 1);
+  for (int64_t m = m0; m < m1; ++m) {
+    float* row = x + m * ld;
+    if (mul)
+      for (int64_t k = 0; k < K; ++k) row[k] *= mul[k];
+    if (q.bits == 0) continue;
+    float s = q.scale, z = q.zero;
+    if (s <= 0.f) {  // dynamic: this token's range
+      float lo = 0.f, hi = 0.f;
+      for (int64_t k = 0; k < K; ++k) {
+        lo = std::min(lo, row[k]);
+        hi = std::max(hi, row[k]);
+      }
+      if (q.symmetric) {
+        const float half = static_cast<float>(1 << (q.bits - 1));
+        s = std::max(std::max(-lo, hi) / (half - 1.f), 1e-12f);
+        z = half;
+      } else {
+        s = std::max((hi - lo) / maxq, 1e-12f);
+        z = std::min(std::max(std::nearbyint(-lo / s), 0.f), maxq);
+      }
+    }
+    for (int64_t k = 0; k < K; ++k) {
+      const float c = std::min(std::max(std::nearbyint(row[k] / s + z), 0.f), maxq);
+      row[k] = (c - z) * s;
+    }
   }
 }
 

@@ -10,8 +10,15 @@ from . import ops
 from .format import PackedWeight, resolve_group_size
 
 
+ACT_KEYS = ("act_bits", "act_granularity", "act_symmetric")
+
+
 class _Packed(nn.Module):
-    """Buffers of one packed [out, in] weight (+ optional float32 bias)."""
+    """Buffers of one packed [out, in] weight (+ optional float32 bias), and the optional transforms
+    of its input, in the order they run: an online rotation (`rotation_signs`: the stored weight is
+    W M, see rotation.py), a per-channel multiply (`input_mul`: SmoothQuant/AWQ/OmniQuant scales; the
+    stored weight is W / input_mul), and activation fake-quant (`act_bits`, per token or per tensor
+    with calibrated `act_qparams` = (scale, zero)). The last two run fused in the kernel."""
 
     def _init_packed(self, out_features, in_features, bits, group_size, symmetric, bias, device=None):
         g, padded = resolve_group_size(group_size, in_features)
@@ -24,6 +31,47 @@ class _Packed(nn.Module):
             "zeros", None if symmetric else torch.empty(out_features, groups, dtype=torch.float16, device=device)
         )
         self.register_buffer("bias", torch.empty(out_features, device=device) if bias else None)
+        self.register_buffer("rotation_signs", None)
+        self.register_buffer("input_mul", None)
+        self.register_buffer("act_qparams", None)
+        self.act_bits, self.act_granularity, self.act_symmetric = 0, "token", False
+        self._rotation = None
+
+    def set_transforms(self, rotate: bool = False, smooth: bool = False, act: dict | None = None, device=None) -> None:
+        """Allocate the transform buffers a spec asks for (filled by a PTQ method or a checkpoint)."""
+        k = self.packed_in_features
+        if rotate:
+            self.rotation_signs = torch.ones(k, dtype=torch.int8, device=device)
+        if smooth:
+            self.input_mul = torch.ones(k, dtype=torch.float32, device=device)
+        if act and act.get("act_bits"):
+            self.act_bits = int(act["act_bits"])
+            self.act_granularity = act.get("act_granularity", "token")
+            self.act_symmetric = bool(act.get("act_symmetric", False))
+            if self.act_granularity == "tensor":
+                self.act_qparams = torch.zeros(2, dtype=torch.float32, device=device)
+
+    def act_quant(self) -> ops.ActQuant | None:
+        if not self.act_bits:
+            return None
+        if self.act_qparams is None:
+            return ops.ActQuant(self.act_bits, self.act_symmetric)
+        scale, zero = self.act_qparams.tolist()
+        if scale <= 0:
+            raise RuntimeError("static activation ranges were never calibrated for this layer (act_qparams is zero)")
+        return ops.ActQuant(self.act_bits, self.act_symmetric, scale, zero)
+
+    def rotate_input(self, x: torch.Tensor) -> torch.Tensor:
+        if self.rotation_signs is None:
+            return x
+        from .rotation import Rotation
+
+        if self._rotation is None or self._rotation.signs is not self.rotation_signs:
+            self._rotation = Rotation(self.rotation_signs)
+        return self._rotation.apply(x).to(x.dtype)
+
+    def _linear(self, x: torch.Tensor, pw: PackedWeight, bias) -> torch.Tensor:
+        return ops.qlinear(self.rotate_input(x), pw, bias, input_mul=self.input_mul, act=self.act_quant())
 
     def packed_weight(self) -> PackedWeight:
         return PackedWeight(self.packed, self.scales, self.zeros, self.bits, self.group_size, self.packed_in_features)
@@ -35,10 +83,25 @@ class _Packed(nn.Module):
             self.bias = bias.detach().to(torch.float32).clone()
 
     def spec(self) -> dict:
-        return {"bits": self.bits, "group_size": self.group_size, "symmetric": self.symmetric}
+        spec = {"bits": self.bits, "group_size": self.group_size, "symmetric": self.symmetric}
+        if self.act_bits:
+            spec.update(act_bits=self.act_bits, act_granularity=self.act_granularity, act_symmetric=self.act_symmetric)
+        if self.rotation_signs is not None:
+            spec["rotate"] = True
+        if self.input_mul is not None:
+            spec["smooth"] = True
+        return spec
 
     def dequantized_weight(self) -> torch.Tensor:
+        """The stored weight, dequantized (with a rotation or smoothing, that is the transformed W)."""
         return ops.dequantize_weight(self.packed_weight())
+
+    def _transform_repr(self) -> str:
+        out = ", rotated" if self.rotation_signs is not None else ""
+        out += ", smoothed" if self.input_mul is not None else ""
+        if self.act_bits:
+            out += f", act={self.act_bits}b/{self.act_granularity}{'/sym' if self.act_symmetric else ''}"
+        return out
 
 
 class QuantLinear(_Packed):
@@ -56,10 +119,11 @@ class QuantLinear(_Packed):
         return m
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return ops.qlinear(x, self.packed_weight(), self.bias)
+        return self._linear(x, self.packed_weight(), self.bias)
 
     def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, bits={self.bits}, group={self.group_size}, sym={self.symmetric}"
+        return (f"in={self.in_features}, out={self.out_features}, bits={self.bits}, group={self.group_size}, "
+                f"sym={self.symmetric}{self._transform_repr()}")
 
 
 class QuantConv1d(_Packed):
@@ -114,7 +178,7 @@ class QuantConv1d(_Packed):
             cols = xg.unfold(2, k, s)  # [B, Cin/groups, T_out, k]
             b, cin, t, _ = cols.shape
             cols = cols.permute(0, 2, 1, 3).reshape(b, t, cin * k)
-            outs.append(ops.qlinear(cols, self._group_weight(g), self.bias if self.groups == 1 else None))
+            outs.append(self._linear(cols, self._group_weight(g), self.bias if self.groups == 1 else None))
         y = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
         if self.bias is not None and self.groups > 1:
             y = y + self.bias.to(y.dtype)
@@ -122,7 +186,8 @@ class QuantConv1d(_Packed):
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, k={self.kernel_size[0]}, s={self.stride[0]}, p={self.padding[0]}, "
-                f"groups={self.groups}, bits={self.bits}, group={self.group_size}, sym={self.symmetric}")
+                f"groups={self.groups}, bits={self.bits}, group={self.group_size}, sym={self.symmetric}"
+                f"{self._transform_repr()}")
 
 
 class QuantTiedEmbedding(nn.Module):

@@ -13,7 +13,9 @@ import os
 
 import torch
 
-from .format import PackedWeight, dequantize
+from dataclasses import dataclass
+
+from .format import PackedWeight, check_bits, dequantize
 
 KERNELS = {"auto": 0, "gemv": 1, "gemm": 2, "scalar": 3, "blas": 4}
 
@@ -28,7 +30,8 @@ except ImportError as exc:  # a source checkout that was never built
 if NATIVE_CPU:
 
     @torch.library.register_fake("quasr::qlinear")
-    def _qlinear_fake(x, packed, scales, zeros, bias, bits, group_size, in_features, kernel=0):
+    def _qlinear_fake(x, packed, scales, zeros, bias, bits, group_size, in_features, kernel=0, input_mul=None,
+                      act_bits=0, act_symmetric=False, act_scale=0.0, act_zero=0.0):
         torch._check(x.shape[-1] == in_features)
         return x.new_empty((*x.shape[:-1], packed.shape[0]))
 
@@ -37,10 +40,45 @@ if NATIVE_CPU:
         return packed.new_empty((packed.shape[0], in_features), dtype=torch.float32)
 
 
-def reference_qlinear(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """Plain torch: dequantize, then matmul in float32. Every kernel is tested against this."""
+@dataclass(frozen=True)
+class ActQuant:
+    """Fake-quant of a layer's input activations: per-token dynamic ranges (scale <= 0) or one static
+    per-tensor range (scale, zero) calibrated beforehand. Symmetric uses the signed grid."""
+
+    bits: int
+    symmetric: bool = False
+    scale: float = 0.0
+    zero: float = 0.0
+
+    def __post_init__(self):
+        check_bits(self.bits)
+
+    @property
+    def dynamic(self) -> bool:
+        return self.scale <= 0
+
+
+def reference_input_transform(x: torch.Tensor, input_mul: torch.Tensor | None, act: ActQuant | None) -> torch.Tensor:
+    """What the kernels do to x before the GEMM, in plain float32 torch: the per-channel smoothing
+    multiply, then the activation fake-quant."""
+    from .ranges import fake_quant_activation, fake_quant_tokens
+
+    x = x.to(torch.float32)
+    if input_mul is not None:
+        x = x * input_mul.to(x.device, torch.float32)
+    if act is None:
+        return x
+    if act.dynamic:
+        return fake_quant_tokens(x, act.bits, act.symmetric)
+    return fake_quant_activation(x, act.scale, act.zero, act.bits)
+
+
+def reference_qlinear(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None = None,
+                      input_mul: torch.Tensor | None = None, act: ActQuant | None = None) -> torch.Tensor:
+    """Plain torch: transform the input, dequantize, then matmul in float32. Every kernel is tested
+    against this."""
     w = dequantize(pw).to(x.device)
-    y = x.to(torch.float32) @ w.T
+    y = reference_input_transform(x, input_mul, act) @ w.T
     if bias is not None:
         y = y + bias.to(torch.float32)
     return y.to(x.dtype)
@@ -52,20 +90,24 @@ def use_native() -> bool:
 
 
 def qlinear(
-    x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None = None, kernel: str = "auto"
+    x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None = None, kernel: str = "auto",
+    input_mul: torch.Tensor | None = None, act: ActQuant | None = None,
 ) -> torch.Tensor:
-    """y = x @ dequant(W).T + bias. The one dispatch point: native kernel or reference."""
+    """y = fq(x * input_mul) @ dequant(W).T + bias, fq the activation fake-quant `act` (both optional,
+    fused into the kernel's copy of x). The one dispatch point: native kernel or reference."""
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {sorted(KERNELS)}, got {kernel!r}")
     if x.shape[-1] != pw.in_features:
         raise ValueError(f"input has {x.shape[-1]} features, the quantized layer expects {pw.in_features}")
     if x.device.type == "cpu" and use_native():
         return torch.ops.quasr.qlinear(
-            x, pw.packed, pw.scales, pw.zeros, bias, pw.bits, pw.group_size, pw.in_features, KERNELS[kernel]
+            x, pw.packed, pw.scales, pw.zeros, bias, pw.bits, pw.group_size, pw.in_features, KERNELS[kernel],
+            input_mul, act.bits if act else 0, bool(act and act.symmetric), act.scale if act else 0.0,
+            act.zero if act else 0.0,
         )
     if kernel != "auto" and x.device.type == "cpu":
         raise RuntimeError(f"kernel={kernel!r} needs the native kernels: {native_status()} (or QUASR_REFERENCE=1 is set)")
-    return reference_qlinear(x, pw, bias)
+    return reference_qlinear(x, pw, bias, input_mul, act)
 
 
 def dequantize_weight(pw: PackedWeight) -> torch.Tensor:

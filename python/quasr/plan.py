@@ -8,6 +8,8 @@ plan; `swap` turns it into packed modules.
 from __future__ import annotations
 
 import fnmatch
+import zlib
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -15,10 +17,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .format import PackedWeight, check_bits, resolve_group_size
+from .ranges import ACT_GRANULARITIES
 from .nn import QuantConv1d, QuantLinear, QuantTiedEmbedding
 from .quantize import CLIP_METHODS, rtn_quantize
 
 KEEP = "keep"
+# bits/group_size/symmetric: the weight; act_*: activation fake-quant at the layer's input (16/absent:
+# none); rotate/smooth: the layer has an online rotation / a per-channel input multiply (set by PTQ
+# methods, see nn._Packed).
+SPEC_KEYS = {"bits", "group_size", "symmetric", "act_bits", "act_granularity", "act_symmetric", "rotate", "smooth"}
 
 
 def quantizable_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -31,15 +38,26 @@ def check_spec(name: str, spec) -> dict | str:
         return KEEP
     if not isinstance(spec, dict) or "bits" not in spec:
         raise ValueError(f"plan entry {name!r} must be \"keep\" or {{'bits': 2..8, 'group_size': ..., 'symmetric': ...}}, got {spec!r}")
-    unknown = set(spec) - {"bits", "group_size", "symmetric"}
+    unknown = set(spec) - SPEC_KEYS
     if unknown:
-        raise ValueError(f"plan entry {name!r} has unknown keys {sorted(unknown)}")
+        raise ValueError(f"plan entry {name!r} has unknown keys {sorted(unknown)} (known: {sorted(SPEC_KEYS)})")
     try:
         check_bits(spec["bits"])
         resolve_group_size(spec.get("group_size", 128), 32)
+        if spec.get("act_bits") not in (None, 16, 32):
+            check_bits(spec["act_bits"])
     except ValueError as exc:
         raise ValueError(f"plan entry {name!r}: {exc}") from None
-    return {"bits": spec["bits"], "group_size": spec.get("group_size", 128), "symmetric": bool(spec.get("symmetric", False))}
+    out = {"bits": spec["bits"], "group_size": spec.get("group_size", 128), "symmetric": bool(spec.get("symmetric", False))}
+    if spec.get("act_bits") not in (None, 16, 32):
+        gran = spec.get("act_granularity", "token")
+        if gran not in ACT_GRANULARITIES:
+            raise ValueError(f"plan entry {name!r}: act_granularity must be one of {ACT_GRANULARITIES}, got {gran!r}")
+        out.update(act_bits=spec["act_bits"], act_granularity=gran, act_symmetric=bool(spec.get("act_symmetric", False)))
+    for flag in ("rotate", "smooth"):
+        if spec.get(flag):
+            out[flag] = True
+    return out
 
 
 def uniform_plan(model: nn.Module, bits: int, group_size: int | None = 128, symmetric: bool = False,
@@ -106,17 +124,50 @@ def rtn_quantizer(clip: str = "mse", importance: dict[str, torch.Tensor] | None 
     return quantize
 
 
+@dataclass
+class LayerTransform:
+    """A PTQ method's input transforms for one layer (see nn._Packed): rotation signs (int8 [K]),
+    per-channel input multiplier (float32 [K]), static activation (scale, zero)."""
+
+    rotation_signs: torch.Tensor | None = None
+    input_mul: torch.Tensor | None = None
+    act_qparams: tuple[float, float] | None = None
+
+
+def default_rotation_signs(name: str, k: int) -> torch.Tensor:
+    """Random +-1 signs of a layer's randomised Hadamard rotation, fixed by its name."""
+    from .rotation import random_signs
+
+    return random_signs(k, zlib.crc32(name.encode()))
+
+
+def transformed_weight(weight_2d: torch.Tensor, transform: LayerTransform | None) -> torch.Tensor:
+    """The weight a layer stores, given its input transforms: W M (rotation), then / input_mul."""
+    w = weight_2d
+    if transform is not None and transform.rotation_signs is not None:
+        from .rotation import Rotation
+
+        w = Rotation(transform.rotation_signs).apply(w)
+    if transform is not None and transform.input_mul is not None:
+        w = w / transform.input_mul.to(w.device, torch.float32)
+    return w
+
+
 def swap(model: nn.Module, plan: dict, quantizer: Quantizer | None = None,
-         weights: dict[str, PackedWeight] | None = None, progress: bool = True) -> nn.Module:
+         weights: dict[str, PackedWeight] | None = None, progress: bool = True,
+         transforms: dict[str, LayerTransform] | None = None) -> nn.Module:
     """Replace the plan's layers with packed modules, in place; returns the model.
 
-    Packed weights come from `weights[name]` when given (a PTQ method's output), else from
-    `quantizer(name, weight_2d, spec)` (default: RTN with MSE clipping). An nn.Embedding tied to a
-    quantized Linear (Whisper's decoder.embed_tokens <-> proj_out) becomes a QuantTiedEmbedding
-    reading the same packed rows, so the shared table is stored once.
+    Packed weights come from `weights[name]` when given (a PTQ method's output, already of the
+    transformed weight), else from `quantizer(name, transformed weight, spec)` (default: RTN with MSE
+    clipping). `transforms[name]` gives a layer's rotation/smoothing/static activation range; a spec
+    with "rotate" and no transform gets a randomised Hadamard rotation fixed by the layer's name.
+    An nn.Embedding tied to a quantized Linear (Whisper's decoder.embed_tokens <-> proj_out) becomes
+    a QuantTiedEmbedding reading the same packed rows, so the shared table is stored once.
     """
     specs = validate_plan(model, plan)
     quantizer = quantizer or rtn_quantizer()
+    transforms = dict(transforms or {})
     layers = quantizable_layers(model)
     tied = _tied_embeddings(model, layers)
     for name, spec in tqdm(list(specs.items()), desc="quantizing", disable=not progress, leave=False):
@@ -125,10 +176,49 @@ def swap(model: nn.Module, plan: dict, quantizer: Quantizer | None = None,
         module = layers[name]
         if isinstance(module, nn.Conv1d):
             QuantConv1d.check_supported(module)
-        pw = weights[name] if weights and name in weights else quantizer(name, flat_weight(module), spec)
+        tr = _layer_transform(name, module, spec, transforms.get(name))
+        if tr is not None and tied.get(name) and (tr.rotation_signs is not None or tr.input_mul is not None):
+            raise ValueError(f"{name}: a layer whose weight is tied to an embedding cannot be rotated or smoothed "
+                             f"(the embedding reads the same stored rows); leave rotate/smooth off for it")
+        if weights and name in weights:
+            pw = weights[name]
+        else:
+            pw = quantizer(name, transformed_weight(flat_weight(module), tr), spec)
         new = QuantConv1d.from_float(module, pw) if isinstance(module, nn.Conv1d) else QuantLinear.from_float(module, pw)
+        _apply_transform(new, spec, tr)
         _install(model, name, new.to(module.weight.device), tied.get(name, []))
     return model
+
+
+def _layer_transform(name: str, module: nn.Module, spec: dict, tr: LayerTransform | None) -> LayerTransform | None:
+    k = flat_weight(module).shape[1]
+    if spec.get("rotate") and (tr is None or tr.rotation_signs is None):
+        tr = LayerTransform(default_rotation_signs(name, k), tr.input_mul if tr else None, tr.act_qparams if tr else None)
+    if spec.get("smooth") and (tr is None or tr.input_mul is None):
+        raise ValueError(f"{name}: the plan asks for smoothing scales but none were given (they come from a PTQ "
+                         f"method: smoothquant, awq or omniquant)")
+    if spec.get("act_granularity") == "tensor" and (tr is None or tr.act_qparams is None):
+        raise ValueError(f"{name}: static (per-tensor) activation ranges need calibration: quantize with a method "
+                         f"and calibration audio, or use act_granularity 'token'")
+    if tr is not None:
+        for t, what in ((tr.rotation_signs, "rotation_signs"), (tr.input_mul, "input_mul")):
+            if t is not None and t.numel() != k:
+                raise ValueError(f"{name}: {what} has {t.numel()} entries, the layer has {k} inputs")
+        if isinstance(module, nn.Conv1d) and module.groups > 1 and tr.input_mul is not None:
+            raise ValueError(f"{name}: smoothing a grouped convolution is not supported (groups see different channels)")
+    return tr
+
+
+def _apply_transform(new: nn.Module, spec: dict, tr: LayerTransform | None) -> None:
+    new.set_transforms(rotate=bool(spec.get("rotate")), smooth=bool(spec.get("smooth")), act=spec, device="cpu")
+    if tr is None:
+        return
+    if spec.get("rotate"):
+        new.rotation_signs = tr.rotation_signs.to(torch.int8).cpu().clone()
+    if spec.get("smooth"):
+        new.input_mul = tr.input_mul.to(torch.float32).cpu().clone()
+    if spec.get("act_granularity") == "tensor":
+        new.act_qparams = torch.tensor(tr.act_qparams, dtype=torch.float32)
 
 
 def _install(model: nn.Module, name: str, new: nn.Module, tied_embeddings: list[str]) -> None:
@@ -154,6 +244,7 @@ def empty_swap(model: nn.Module, plan: dict) -> None:
             new = QuantConv1d(m.in_channels, m.out_channels, m.kernel_size[0], m.stride[0], m.padding[0], groups=m.groups, **kw)
         else:
             new = QuantLinear(m.in_features, m.out_features, **kw)
+        new.set_transforms(rotate=bool(spec.get("rotate")), smooth=bool(spec.get("smooth")), act=spec, device="meta")
         _install(model, name, new, tied.get(name, []))
 
 

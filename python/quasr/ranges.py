@@ -63,3 +63,26 @@ def activation_range(samples: torch.Tensor, bits: int, symmetric: bool = False, 
         if err < best_err:
             best, best_err = (s, z), err
     return best
+
+
+ACT_GRANULARITIES = ("token", "tensor")
+
+
+def fake_quant_tokens(x: torch.Tensor, bits: int, symmetric: bool = False) -> torch.Tensor:
+    """Per-token dynamic fake-quant over the last dimension, in float32: each row gets the (scale,
+    zero) of `qparams` over its own range. The reference of the kernels' dynamic path (same float32
+    operations, so they agree bit for bit)."""
+    check_bits(bits)
+    x = x.to(torch.float32)
+    maxq = float((1 << bits) - 1)
+    lo = x.amin(-1, keepdim=True).clamp(max=0)
+    hi = x.amax(-1, keepdim=True).clamp(min=0)
+    if symmetric:
+        half = float(1 << (bits - 1))
+        scale = (torch.maximum(-lo, hi) / (half - 1)).clamp(min=1e-12)
+        zero = torch.full_like(scale, half)
+    else:
+        scale = ((hi - lo) / maxq).clamp(min=1e-12)
+        zero = torch.round(-lo / scale).clamp(0, maxq)
+    q = torch.clamp(torch.round(x / scale + zero), 0, maxq)
+    return (q - zero) * scale

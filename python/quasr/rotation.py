@@ -1,0 +1,130 @@
+"""Orthogonal (randomised Hadamard) rotations of a layer's input, for QuaRot and SpinQuant.
+
+A quantized layer with rotation M (orthogonal, K x K) computes y = (x M) (W M)^T = x W^T: its weight
+is stored as W M (quantized after the rotation), and its input is rotated online before the
+activation fake-quant. Rotating spreads outlier channels over all channels, which is what makes
+4-bit activations and low-bit weights work (QuaRot, Ashkboos et al. 2024).
+
+M = diag(signs) (A kron B) / sqrt(K), with A and B Hadamard matrices (entries +-1) of orders a*b = K.
+Applying it to a row costs K*(a + b) multiply-adds (two small matmuls on the [a, b] view of the
+row), not K^2. Hadamard matrices exist only for orders 1, 2 and multiples of 4; quasr builds them
+by Sylvester doubling and Paley's constructions I (q+1, q prime = 3 mod 4) and II (2(q+1), q prime =
+1 mod 4), which covers every width of Whisper, Moonshine and Wav2Vec2 except tiny convolution
+inputs (Moonshine's first conv, K = 127): `rotation_factors` returns None there and the layer
+stays unrotated.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+
+
+def _is_prime(n: int) -> bool:
+    return n >= 2 and all(n % d for d in range(2, int(n**0.5) + 1))
+
+
+def _jacobsthal(q: int) -> torch.Tensor:
+    """Q[i, j] = chi(j - i) for the quadratic character chi of the prime field GF(q)."""
+    chi = torch.full((q,), -1.0, dtype=torch.float64)
+    chi[0] = 0
+    chi[torch.tensor(sorted({(x * x) % q for x in range(1, q)}))] = 1
+    idx = torch.arange(q)
+    return chi[(idx[None, :] - idx[:, None]) % q]
+
+
+_MAX_PALEY = 1024  # larger orders come from Sylvester doubling (cheap) instead
+
+
+@functools.lru_cache(maxsize=None)
+def hadamard(n: int) -> torch.Tensor | None:
+    """A Hadamard matrix of order n (float64, entries +-1, H H^T = n I), or None if quasr cannot
+    build one."""
+    if n == 1:
+        return torch.ones(1, 1, dtype=torch.float64)
+    if n == 2 or (n % 4 == 0 and _is_power_of_two(n)):
+        return _double(hadamard(n // 2))
+    if n % 4:
+        return None
+    if n <= _MAX_PALEY and _is_prime(n - 1) and (n - 1) % 4 == 3:  # Paley I: I + S, S skew
+        q = n - 1
+        s = torch.zeros(n, n, dtype=torch.float64)
+        s[0, 1:], s[1:, 0], s[1:, 1:] = 1, -1, _jacobsthal(q)
+        return s + torch.eye(n, dtype=torch.float64)
+    q = n // 2 - 1
+    if n <= _MAX_PALEY and _is_prime(q) and q % 4 == 1:  # Paley II: symmetric conference matrix x 2x2 blocks
+        c = torch.zeros(q + 1, q + 1, dtype=torch.float64)
+        c[0, 1:], c[1:, 0], c[1:, 1:] = 1, 1, _jacobsthal(q)
+        on_zero = torch.tensor([[1.0, -1.0], [-1.0, -1.0]], dtype=torch.float64)
+        off_zero = torch.tensor([[1.0, 1.0], [1.0, -1.0]], dtype=torch.float64)
+        return torch.kron(c, off_zero) + torch.kron(torch.eye(q + 1, dtype=torch.float64), on_zero)
+    half = hadamard(n // 2)
+    return None if half is None else _double(half)
+
+
+def _double(h: torch.Tensor | None) -> torch.Tensor | None:
+    if h is None:
+        return None
+    return torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
+
+
+def _is_power_of_two(n: int) -> bool:
+    return n >= 1 and n & (n - 1) == 0
+
+
+@functools.lru_cache(maxsize=None)
+def rotation_factors(k: int) -> tuple[int, int] | None:
+    """(a, b) with a * b = k, Hadamard matrices of both orders buildable and a, b as balanced as
+    possible (cost k*(a+b) per row); None if k has no buildable Hadamard order."""
+    best = None
+    for a in range(1, math.isqrt(k) + 1):
+        if k % a or hadamard(a) is None or hadamard(k // a) is None:
+            continue
+        if best is None or a + k // a < sum(best):
+            best = (a, k // a)
+    return best
+
+
+def random_signs(k: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randint(0, 2, (k,), generator=g) * 2 - 1).to(torch.int8)
+
+
+class Rotation:
+    """x -> x M for rows of length k: M = diag(signs) (A kron B) / sqrt(k), orthogonal."""
+
+    def __init__(self, signs: torch.Tensor):
+        k = signs.numel()
+        f = rotation_factors(k)
+        if f is None:
+            raise ValueError(f"no Hadamard rotation of size {k} can be built (sizes are products of orders 1, 2, "
+                             f"and multiples of 4 from Sylvester/Paley constructions); leave this layer unrotated")
+        self.k, (self.a, self.b) = k, f
+        self.signs = signs
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """x [..., k] -> x M (float32)."""
+        dev = x.device
+        a_mat = _factor(self.a, dev)
+        b_mat = _factor(self.b, dev)
+        shape = x.shape
+        xs = (x.to(torch.float32) * self.signs.to(device=dev, dtype=torch.float32)).reshape(-1, self.a, self.b)
+        # row-vector convention: (x (A kron B)) viewed as [a, b] is A^T X B
+        y = torch.matmul(a_mat.T, torch.matmul(xs, b_mat))
+        return (y * (1.0 / math.sqrt(self.k))).reshape(shape)
+
+    def matrix(self) -> torch.Tensor:
+        """The dense [k, k] M (tests and weight folding of small layers)."""
+        return self.apply(torch.eye(self.k))
+
+
+@functools.lru_cache(maxsize=None)
+def _factor_cpu(n: int) -> torch.Tensor:
+    return hadamard(n).to(torch.float32)
+
+
+def _factor(n: int, device) -> torch.Tensor:
+    m = _factor_cpu(n)
+    return m if m.device == torch.device(device) else m.to(device)
