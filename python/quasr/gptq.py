@@ -33,6 +33,7 @@ def gptq_quantize(
     block_size: int = 128,
     clip: str = "mse",
     name: str = "weight",
+    importance: torch.Tensor | None = None,
 ) -> PackedWeight:
     """Quantize a float [N, K] weight with GPTQ given the layer's input Hessian [K, K]."""
     check_bits(bits)
@@ -55,7 +56,7 @@ def gptq_quantize(
     dead = torch.diag(H) == 0
     H[dead, dead] = 1.0
     # static per-group ranges from the original weight
-    ranges = rtn_quantize(W, bits, group_size, symmetric, clip=clip, name=name)
+    ranges = rtn_quantize(W, bits, group_size, symmetric, clip=clip, name=name, importance=importance)
     maxq = (1 << bits) - 1
     mid = float(1 << (bits - 1))
 

@@ -1,0 +1,100 @@
+"""Post-training quantization methods (the Edge-ASR set), all with one signature:
+
+    model, plan = quantize(adapter, plan, calibration, method="gptq", **options)
+
+`plan` gives every layer's weight bits/group/symmetry and optional activation quantization (see
+plan.py, `with_activations`), so any mixed-precision plan composes with any method. `calibration` is a
+list of waveforms (or prepared CalibrationBatches); methods that need none (RTN, HQQ) accept None.
+The returned plan is the input plan plus the transforms the method added (rotate, smooth).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..adapters.base import CalibrationBatch, ModelAdapter
+from ..format import check_bits, resolve_group_size
+from ..plan import KEEP
+from ..ranges import ACT_GRANULARITIES
+from .pipeline import LayerInputs, LayerJob, LayerResult, Method, quantize_model
+from .rotations import QuaRot
+from .scaling import AWQ, OmniQuant, SmoothQuant
+from .weight_only import GPTQ, HQQ, RTN
+
+METHODS: dict[str, type[Method]] = {m.name: m for m in (RTN, GPTQ, AWQ, HQQ, SmoothQuant, OmniQuant, QuaRot)}
+
+# Edge-ASR's configurations: weight bits, weight group (-1: per output channel), activation bits
+# (16: float), activations per token.
+CONFIGS = {
+    "W8A16": (8, -1, 16),
+    "W4A16": (4, 128, 16),
+    "W3A16": (3, 128, 16),
+    "W2A16": (2, 64, 16),
+    "W8A8": (8, -1, 8),
+    "W4A8": (4, -1, 8),
+    "W4A4": (4, -1, 4),
+}
+
+
+def get_method(name: str, **options) -> Method:
+    if name not in METHODS:
+        raise ValueError(f"unknown PTQ method {name!r}; choose one of {', '.join(METHODS)}")
+    return METHODS[name](**options)
+
+
+def with_activations(plan: dict, act_bits: int | None, granularity: str = "token", symmetric: bool = False) -> dict:
+    """The plan with activation fake-quant at every quantized layer's input (act_bits None/16: none)."""
+    if act_bits in (None, 16):
+        return plan
+    check_bits(act_bits)
+    if granularity not in ACT_GRANULARITIES:
+        raise ValueError(f"activation granularity must be one of {ACT_GRANULARITIES}, got {granularity!r}")
+    layers = {}
+    for n, s in plan["layers"].items():
+        layers[n] = s if s == KEEP else {**s, "act_bits": act_bits, "act_granularity": granularity, "act_symmetric": symmetric}
+    return {**plan, "layers": layers}
+
+
+def config_plan(model, config: str, keep: tuple[str, ...] = (), act_granularity: str = "token") -> dict:
+    """A uniform plan for one of CONFIGS (e.g. "W4A16") or a "W<b>A<b>[g<size>]" string."""
+    from ..plan import uniform_plan
+
+    bits, group, act = parse_config(config)
+    return with_activations(uniform_plan(model, bits, None if group == -1 else group, keep=keep), act, act_granularity)
+
+
+def parse_config(config: str) -> tuple[int, int, int]:
+    import re
+
+    if config in CONFIGS:
+        return CONFIGS[config]
+    m = re.fullmatch(r"W(\d)A(\d+)(?:g(\d+|-1))?", config.replace(" ", ""))
+    if not m:
+        raise ValueError(f"bad config {config!r}: use one of {', '.join(CONFIGS)} or W<bits>A<bits>[g<group>]")
+    bits, act = int(m.group(1)), int(m.group(2))
+    group = int(m.group(3)) if m.group(3) else 128
+    check_bits(bits)
+    if act != 16:
+        check_bits(act)
+    if group != -1:
+        resolve_group_size(group, 32)
+    return bits, group, act
+
+
+def quantize(adapter: ModelAdapter, plan: dict, calibration=None, method: str | Method = "rtn",
+             batch_size: int = 8, language: str | None = None, progress: bool = True, **options):
+    """Quantize adapter.model in place with a PTQ method; returns (model, final plan)."""
+    m = method if isinstance(method, Method) else get_method(method, **options)
+    batches = None
+    if calibration is not None and len(calibration):
+        if isinstance(calibration[0], CalibrationBatch):
+            batches = list(calibration)
+        elif isinstance(calibration[0], np.ndarray):
+            batches = adapter.calibration_batches(list(calibration), batch_size, language, progress)
+        else:
+            raise TypeError("calibration must be a list of 16 kHz waveforms (numpy) or of CalibrationBatch")
+    return quantize_model(adapter, plan, m, batches, progress)
+
+
+__all__ = ["METHODS", "CONFIGS", "Method", "LayerInputs", "LayerJob", "LayerResult", "get_method", "quantize",
+           "with_activations", "config_plan", "parse_config"]

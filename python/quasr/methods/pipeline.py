@@ -1,0 +1,273 @@
+"""The blockwise calibration pipeline every PTQ method runs in.
+
+Blocks (adapter.blocks(): the front-end convolutions, each encoder and decoder layer, the head) are
+quantized in execution order. For each block, the calibration batches run through the model, whose
+earlier blocks are already quantized, until the block's last layer has run (the pass stops there):
+so each block is calibrated on the inputs the quantized model really feeds it, not the float
+model's. Decoder blocks see the float model's own greedy transcripts as teacher-forced tokens
+(CalibrationBatch, built before anything is quantized), so no labels are needed. Hooks on the
+block's layers accumulate, per layer, the statistics methods need (`LayerInputs`); the method turns
+them into packed weights and input transforms, and `swap` installs them before the next block.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..adapters.base import CalibrationBatch, ModelAdapter
+from ..format import PackedWeight
+from ..ops import ActQuant
+from ..plan import KEEP, LayerTransform, _tied_embeddings, flat_weight, quantizable_layers, swap, validate_plan
+from ..ranges import ACTIVATION_RANGE_METHODS, activation_range
+from ..rotation import Rotation, rotation_factors
+
+
+class _StopForward(Exception):
+    pass
+
+
+def layer_input_rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    """A layer's input as the rows its GEMM sees: [tokens, K] for a Linear, the unfolded columns
+    [B*T_out, Cin*k] for a Conv1d (as QuantConv1d computes them). None for grouped convolutions
+    (each group sees different columns; methods fall back to RTN there)."""
+    if isinstance(module, nn.Linear):
+        return x.reshape(-1, x.shape[-1])
+    if module.groups != 1:
+        return None
+    if module.padding[0]:
+        x = F.pad(x, (module.padding[0], module.padding[0]))
+    cols = x.unfold(2, module.kernel_size[0], module.stride[0])  # [B, Cin, T, k]
+    return cols.permute(0, 2, 1, 3).reshape(-1, cols.shape[1] * cols.shape[3])
+
+
+@dataclass
+class LayerInputs:
+    """Statistics of one layer's GEMM inputs over the calibration audio (after the layer's rotation,
+    if it has one): sum of X^T X (for GPTQ's Hessian), per-channel max |x| and sum |x| (SmoothQuant,
+    AWQ), and a uniform random sample of at most `max_samples` input rows (AWQ's scale search,
+    OmniQuant/SpinQuant training, static activation ranges)."""
+
+    k: int
+    need_hessian: bool = False
+    max_samples: int = 2048
+    seed: int = 0
+    count: int = 0
+    xtx: torch.Tensor | None = None
+    abs_max: torch.Tensor | None = None
+    abs_sum: torch.Tensor | None = None
+    samples: torch.Tensor | None = None
+    _keys: torch.Tensor | None = field(default=None, repr=False)
+
+    def add(self, rows: torch.Tensor) -> None:
+        x = rows.detach().to(torch.float32)
+        if x.numel() == 0:
+            return
+        self.count += x.shape[0]
+        a = x.abs()
+        amax, asum = a.amax(0), a.sum(0)
+        self.abs_max = amax if self.abs_max is None else torch.maximum(self.abs_max, amax)
+        self.abs_sum = asum if self.abs_sum is None else self.abs_sum + asum
+        if self.need_hessian:
+            xd = x.double()
+            self.xtx = xd.T @ xd if self.xtx is None else self.xtx + xd.T @ xd
+        # reservoir by random priority: the kept rows are a uniform sample of all rows seen
+        g = torch.Generator().manual_seed(self.seed + self.count)
+        keys = torch.rand(x.shape[0], generator=g).to(x.device)
+        pool = x if self.samples is None else torch.cat([self.samples, x])
+        pool_keys = keys if self._keys is None else torch.cat([self._keys, keys])
+        if pool.shape[0] > self.max_samples:
+            keep = pool_keys.topk(self.max_samples).indices
+            pool, pool_keys = pool[keep], pool_keys[keep]
+        self.samples, self._keys = pool, pool_keys
+
+    def hessian(self) -> torch.Tensor:
+        """H = 2 X^T X / n, GPTQ's layer-wise Hessian."""
+        if self.xtx is None:
+            raise ValueError("no Hessian was collected for this layer (need_hessian=False or no calibration rows)")
+        return (2.0 / max(self.count, 1) * self.xtx).float()
+
+    def mean_abs(self) -> torch.Tensor:
+        return self.abs_sum / max(self.count, 1)
+
+    def second_moment(self) -> torch.Tensor:
+        if self.xtx is not None:
+            return torch.diagonal(self.xtx).float() / max(self.count, 1)
+        return (self.samples**2).mean(0)
+
+
+@dataclass
+class LayerJob:
+    """What a method is asked to quantize: one layer, its spec, its (rotated) float weight [N, K]
+    and its input statistics (None where none could be collected: grouped convolutions)."""
+
+    name: str
+    module: nn.Module
+    spec: dict
+    weight: torch.Tensor
+    inputs: LayerInputs | None
+    rotation: Rotation | None
+    tied: bool
+
+    @property
+    def act(self) -> ActQuant | None:
+        """The activation quantizer, dynamic; a static one gets its range after the method ran."""
+        return ActQuant(self.spec["act_bits"], self.spec["act_symmetric"]) if self.spec.get("act_bits") else None
+
+
+@dataclass
+class LayerResult:
+    weight: PackedWeight
+    input_mul: torch.Tensor | None = None
+
+
+def capture_block_inputs(adapter: ModelAdapter, batches: list[CalibrationBatch], layers: dict[str, nn.Module],
+                         rotations: dict[str, Rotation], need_hessian: bool, max_samples: int,
+                         progress: bool = False) -> dict[str, LayerInputs]:
+    """Run the calibration batches until the last of `layers` has run, collecting their inputs."""
+    stats = {n: LayerInputs(flat_weight(m).shape[1], need_hessian, max_samples, seed=i)
+             for i, (n, m) in enumerate(layers.items())}
+    last = list(layers)[-1]
+
+    def hook(name):
+        def fn(module, args, output):
+            rows = layer_input_rows(module, args[0])
+            if rows is not None:
+                if name in rotations:
+                    rows = rotations[name].apply(rows)
+                stats[name].add(rows)
+            if name == last:
+                raise _StopForward
+
+        return fn
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in layers.items()]
+    try:
+        for batch in tqdm(batches, desc="block inputs", disable=not progress, leave=False):
+            try:
+                with torch.no_grad():
+                    adapter.forward_logits(batch)
+            except _StopForward:
+                pass
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: s for n, s in stats.items() if s.count}
+
+
+class Method:
+    """A PTQ method: hooks into the blockwise pipeline. Subclasses set `name`, whether they need
+    calibration audio and Hessians, how they change a spec (`adjust_spec`: rotate/smooth), and
+    implement `quantize_layer` (or `quantize_block` for methods that optimise layers jointly)."""
+
+    name = "method"
+    needs_calibration = True
+    needs_hessian = False
+    max_samples = 2048
+
+    def __init__(self, clip: str = "mse", act_range: str = "mse", **options):
+        from ..quantize import CLIP_METHODS
+
+        if clip not in CLIP_METHODS:
+            raise ValueError(f"clip must be one of {CLIP_METHODS}, got {clip!r}")
+        if act_range not in ACTIVATION_RANGE_METHODS:
+            raise ValueError(f"act_range must be one of {ACTIVATION_RANGE_METHODS}, got {act_range!r}")
+        self.clip, self.act_range = clip, act_range
+        unknown = set(options) - set(self.options())
+        if unknown:
+            raise ValueError(f"{self.name} does not take options {sorted(unknown)}; it takes {sorted(self.options())}")
+        for k, v in {**self.options(), **options}.items():
+            setattr(self, k, v)
+
+    @classmethod
+    def options(cls) -> dict:
+        """Method-specific options and their defaults."""
+        return {}
+
+    def adjust_spec(self, name: str, module: nn.Module, spec: dict, tied: bool) -> dict:
+        return spec
+
+    def quantize_block(self, jobs: list[LayerJob]) -> dict[str, LayerResult]:
+        return {j.name: self.quantize_layer(j) for j in jobs}
+
+    def quantize_layer(self, job: LayerJob) -> LayerResult:
+        raise NotImplementedError
+
+
+def _check_rotatable(name: str, module: nn.Module, k: int, tied: bool) -> str | None:
+    """Why this layer cannot be rotated, or None."""
+    if tied:
+        return "its weight is tied to an embedding"
+    if rotation_factors(k) is None:
+        return f"no Hadamard rotation of size {k} exists here"
+    return None
+
+
+def rotation_for(name: str, k: int) -> Rotation:
+    from ..plan import default_rotation_signs
+
+    return Rotation(default_rotation_signs(name, k))
+
+
+def quantize_model(adapter: ModelAdapter, plan: dict, method: Method, batches: list[CalibrationBatch] | None,
+                   progress: bool = True) -> tuple[nn.Module, dict]:
+    """Quantize adapter.model in place with `method`, block by block; returns (model, final plan).
+    The final plan is the input plan with the transforms the method added (rotate/smooth)."""
+    model = adapter.model
+    specs = validate_plan(model, plan)
+    if method.needs_calibration and not batches:
+        raise ValueError(f"{method.name} needs calibration audio (a few clips of the user's speech: --calib)")
+    if any(s != KEEP and s.get("act_granularity") == "tensor" for s in specs.values()) and not batches:
+        raise ValueError("static (per-tensor) activation ranges need calibration audio (--calib)")
+    layers = quantizable_layers(model)
+    tied = _tied_embeddings(model, layers)
+    final: dict[str, dict | str] = {}
+    for name, spec in specs.items():
+        final[name] = spec if spec == KEEP else method.adjust_spec(name, layers[name], dict(spec), bool(tied.get(name)))
+    for name, spec in final.items():
+        if spec != KEEP and spec.get("rotate"):
+            why = _check_rotatable(name, layers[name], flat_weight(layers[name]).shape[1], bool(tied.get(name)))
+            if why:
+                warnings.warn(f"{name}: not rotated ({why})", stacklevel=2)
+                spec.pop("rotate")
+    collect = batches is not None and len(batches) > 0
+    blocks = adapter.blocks()
+    for block in tqdm(blocks, desc=f"{method.name} blocks", disable=not progress, leave=False):
+        names = [n for n in block.layers if n in final and final[n] != KEEP]
+        if not names:
+            continue
+        mods = {n: model.get_submodule(n) for n in block.layers if n in names}
+        rotations = {n: rotation_for(n, flat_weight(m).shape[1]) for n, m in mods.items() if final[n].get("rotate")}
+        static = any(final[n].get("act_granularity") == "tensor" for n in names)
+        stats = (capture_block_inputs(adapter, batches, mods, rotations, method.needs_hessian, method.max_samples)
+                 if collect and (method.needs_calibration or static) else {})
+        jobs = []
+        for n, m in mods.items():
+            w = flat_weight(m).to(torch.float32)
+            if n in rotations:
+                w = rotations[n].apply(w)
+            jobs.append(LayerJob(n, m, final[n], w, stats.get(n), rotations.get(n), bool(tied.get(n))))
+        results = method.quantize_block(jobs)
+        transforms = {}
+        for job in jobs:
+            res = results[job.name]
+            job.spec.pop("smooth", None)
+            if res.input_mul is not None:
+                job.spec["smooth"] = True
+            act_q = None
+            if job.spec.get("act_granularity") == "tensor":
+                if job.inputs is None:
+                    raise ValueError(f"{job.name}: no calibration inputs for its static activation range")
+                x = job.inputs.samples
+                if res.input_mul is not None:
+                    x = x * res.input_mul
+                act_q = activation_range(x, job.spec["act_bits"], job.spec["act_symmetric"], method.act_range)
+            transforms[job.name] = LayerTransform(job.rotation.signs if job.rotation else None, res.input_mul, act_q)
+        swap(model, {"layers": {j.name: j.spec for j in jobs}}, weights={n: r.weight for n, r in results.items()},
+             transforms=transforms, progress=False)
+    return model, {"layers": final}
