@@ -1,0 +1,284 @@
+"""PTQ methods (issue 5): every method on every family, plans honoured, error vs RTN, rotations,
+activation fake-quant, save/load, bad input."""
+
+import random
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from conftest import FAMILIES, tiny_family
+from quasr import ops
+from quasr.adapters import get_adapter
+from quasr.format import dequantize
+from quasr.methods import METHODS, config_plan, get_method, parse_config, quantize, with_activations
+from quasr.methods.pipeline import LayerInputs, LayerJob
+from quasr.methods.scaling import layer_output_error
+from quasr.methods.weight_only import rtn_layer
+from quasr.plan import KEEP, current_plan, uniform_plan
+from quasr.ranges import fake_quant_tokens
+from quasr.rotation import Rotation, hadamard, random_signs, rotation_factors
+
+
+def _waves(n=3, seconds=1.5, seed=0):
+    rng = np.random.default_rng(seed)
+    return [(rng.standard_normal(int(16000 * seconds)) * 0.1).astype(np.float32) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def calibrated():
+    """family -> (fresh model factory, calibration batches built on the float model)."""
+    out = {}
+    for fam in FAMILIES:
+        model, proc = tiny_family(fam)
+        out[fam] = get_adapter(model, proc).calibration_batches(_waves())
+    return out
+
+
+def _mixed_plan(model, seed=0):
+    """Random bits 2-8 per layer, some layers kept, act quant on half of them: a plan no allocator made."""
+    rnd = random.Random(seed)
+    plan = uniform_plan(model, 4, 32)
+    for i, name in enumerate(plan["layers"]):
+        if rnd.random() < 0.15:
+            plan["layers"][name] = KEEP
+            continue
+        spec = {"bits": rnd.randint(2, 8), "group_size": rnd.choice([32, 64]), "symmetric": rnd.random() < 0.3}
+        if i % 2:
+            spec.update(act_bits=rnd.choice([4, 6, 8]), act_granularity=rnd.choice(["token", "tensor"]), act_symmetric=False)
+        plan["layers"][name] = spec
+    return plan
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_method_quantizes_every_family_and_honours_the_plan(family, method, calibrated):
+    model, proc = tiny_family(family)
+    ad = get_adapter(model, proc)
+    batches = calibrated[family]
+    with torch.no_grad():
+        ref = ad.forward_logits(batches[0])
+    plan = _mixed_plan(model)
+    options = {"steps": 5} if method == "omniquant" else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "not rotated" notes for tied/odd-sized layers
+        _, final = quantize(ad, plan, batches, method, progress=False, **options)
+    got = current_plan(model)["layers"]
+    for name, spec in plan["layers"].items():
+        if spec == KEEP:
+            assert got[name] == KEEP, name
+            continue
+        for key in ("bits", "group_size", "symmetric", "act_bits", "act_granularity"):
+            assert got[name].get(key) == spec.get(key), (name, key)
+        assert got[name] == final["layers"][name]
+    with torch.no_grad():
+        out = ad.forward_logits(batches[0])
+    assert torch.isfinite(out).all()
+    # quantized, not broken: the logits stay correlated with the float model's
+    cos = torch.nn.functional.cosine_similarity(out.flatten(), ref.flatten(), dim=0)
+    assert cos > 0.5, cos
+
+
+def _outlier_job(bits=3, group=32, act_bits=None, n=48, k=128, seed=0):
+    """A layer whose inputs are correlated and have a few large channels, as real activations do."""
+    g = torch.Generator().manual_seed(seed)
+    mix = torch.randn(k, k, generator=g) / k**0.5
+    x = torch.randn(4096, k, generator=g) @ (torch.eye(k) + 0.8 * mix)
+    x[:, :4] *= 12.0
+    w = torch.randn(n, k, generator=g) * 0.05
+    inputs = LayerInputs(k, need_hessian=True, max_samples=4096)
+    inputs.add(x)
+    spec = {"bits": bits, "group_size": group, "symmetric": False}
+    if act_bits:
+        spec.update(act_bits=act_bits, act_granularity="token", act_symmetric=False)
+    return LayerJob("layer", nn.Linear(k, n), spec, w, inputs, None, False)
+
+
+@pytest.mark.parametrize("method,options", [("gptq", {}), ("awq", {}), ("omniquant", {"steps": 60})])
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_methods_beat_rtn_on_layer_output_error(method, options, bits):
+    job = _outlier_job(bits)
+    m = get_method(method, **options)
+    res = m.quantize_layer(job)
+    rtn = layer_output_error(job, rtn_layer(job, "mse"), None)
+    err = layer_output_error(job, res.weight, res.input_mul)
+    assert err < 0.9 * rtn, (method, bits, err / rtn)
+
+
+def test_smoothquant_helps_8bit_activations_with_outliers():
+    job = _outlier_job(bits=8, group=128, act_bits=8)
+    job.inputs.samples[:, 5] *= 40  # a channel far outside the rest (per-token ranges suffer)
+    job.inputs.abs_max = job.inputs.samples.abs().amax(0)
+    res = get_method("smoothquant").quantize_layer(job)
+    rtn = layer_output_error(job, rtn_layer(job, "mse"), None)
+    assert layer_output_error(job, res.weight, res.input_mul) < 0.9 * rtn
+
+
+def test_hqq_reduces_weight_error_without_calibration():
+    from quasr.methods.weight_only import hqq_quantize
+    from quasr.quantize import rtn_quantize
+
+    w = torch.randn(64, 256) * 0.02
+    w[::7, ::11] *= 8  # heavy tails
+    for bits in (2, 3, 4):
+        e_hqq = (dequantize(hqq_quantize(w, bits, 64, False)) - w).pow(2).mean()
+        e_rtn = (dequantize(rtn_quantize(w, bits, 64, False, clip="minmax")) - w).pow(2).mean()
+        assert e_hqq < e_rtn, bits
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 12, 20, 28, 36, 60, 104, 364, 512])
+def test_hadamard_matrices_are_hadamard(n):
+    h = hadamard(n)
+    assert h is not None and set(h.unique().tolist()) <= {-1.0, 1.0}
+    assert torch.equal(h @ h.T, n * torch.eye(n, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("k", [240, 384, 416, 512, 768, 1152, 1536, 1664, 2496, 2912, 3072])
+def test_rotations_cover_model_widths_and_are_orthogonal(k):
+    a, b = rotation_factors(k)
+    assert a * b == k
+    if k <= 1536:
+        m = Rotation(random_signs(k, 3)).matrix()
+        assert torch.allclose(m @ m.T, torch.eye(k), atol=1e-5)
+
+
+def test_odd_widths_have_no_rotation():
+    assert rotation_factors(127) is None and rotation_factors(10) is None
+    with pytest.raises(ValueError, match="no Hadamard rotation of size 127"):
+        Rotation(random_signs(127, 0))
+
+
+class _RotatedFloat(nn.Module):
+    """x -> R(x) (W M)^T + b in float: what a rotated layer computes, before any quantization."""
+
+    def __init__(self, linear, rot):
+        super().__init__()
+        self.linear, self.rot = linear, rot
+        self.w = rot.apply(linear.weight.detach())
+
+    def forward(self, x):
+        return nn.functional.linear(self.rot.apply(x), self.w, self.linear.bias)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_rotations_keep_the_float_model_outputs(family, calibrated):
+    from quasr.plan import _set_module, default_rotation_signs
+
+    model, proc = tiny_family(family)
+    ad = get_adapter(model, proc)
+    with torch.no_grad():
+        ref = ad.forward_logits(calibrated[family][0])
+    rotated = 0
+    for name, m in list(model.named_modules()):
+        if isinstance(m, nn.Linear) and rotation_factors(m.in_features) and name != "proj_out":
+            _set_module(model, name, _RotatedFloat(m, Rotation(default_rotation_signs(name, m.in_features))))
+            rotated += 1
+    assert rotated >= 8
+    with torch.no_grad():
+        out = ad.forward_logits(calibrated[family][0])
+    assert (out - ref).abs().max() < 1e-4 * max(1.0, float(ref.abs().max()))
+
+
+@pytest.mark.parametrize("bits", range(2, 9))
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_per_token_fake_quant_matches_a_numpy_reference(bits, symmetric):
+    x = torch.randn(9, 70) * 3
+    x[0] = 0  # an all-zero token
+    x[1] = x[1].abs()  # all positive
+    got = fake_quant_tokens(x, bits, symmetric).numpy()
+    maxq = 2**bits - 1
+    for row, out in zip(x.numpy(), got):
+        lo, hi = min(row.min(), 0), max(row.max(), 0)
+        if symmetric:
+            half = 2 ** (bits - 1)
+            s = np.float32(max(max(-lo, hi) / np.float32(half - 1), 1e-12))
+            z = np.float32(half)
+        else:
+            s = np.float32(max((hi - lo) / np.float32(maxq), 1e-12))
+            z = np.float32(min(max(np.round(-lo / s), 0), maxq))
+        want = (np.clip(np.round(row / s + z), 0, maxq) - z) * s
+        np.testing.assert_allclose(out, want, rtol=0, atol=1e-6 * max(1.0, float(np.abs(row).max())))
+        assert len(np.unique(out)) <= maxq + 1
+
+
+@pytest.mark.skipif(not ops.NATIVE_CPU, reason="native kernels not built")
+@pytest.mark.parametrize("kernel", sorted(ops.KERNELS))
+@pytest.mark.parametrize("bits", range(2, 9))
+def test_fused_activation_fake_quant_in_kernel_matches_reference(kernel, bits):
+    from quasr.quantize import rtn_quantize
+
+    g = torch.Generator().manual_seed(bits)
+    k = 96 + 8 * bits  # not a multiple of the group: exercises padding
+    pw = rtn_quantize(torch.randn(40, k, generator=g), 4, 32, False)
+    x = torch.randn(130, k, generator=g) * 2
+    x[:, 3] *= 30
+    mul = torch.rand(k, generator=g) + 0.5
+    for act in (None, ops.ActQuant(bits), ops.ActQuant(bits, True), ops.ActQuant(bits, False, 0.07, 9.0)):
+        for m in (1, 5, 130):
+            got = ops.qlinear(x[:m], pw, None, kernel, mul, act)
+            want = ops.reference_qlinear(x[:m], pw, None, mul, act)
+            # tight enough that one activation rounded to a different level (a change of about
+            # scale * |w| ~ 1e-1 here) fails; loose enough for the kernels' summation order
+            tol = 2e-5 * float(want.abs().max())
+            assert (got - want).abs().max() < tol, (kernel, bits, act, m)
+
+
+@pytest.mark.parametrize("method", ["quarot", "smoothquant", "awq"])
+def test_transformed_models_save_and_load(method, calibrated, tmp_path):
+    from quasr.serialize import load_quantized, save_quantized
+
+    model, proc = tiny_family("whisper")
+    ad = get_adapter(model, proc)
+    batches = calibrated["whisper"]
+    plan = with_activations(uniform_plan(model, 4, 32), 8, "tensor")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantize(ad, plan, batches, method, progress=False)
+    save_quantized(model, proc, tmp_path / "q")
+    loaded, _ = load_quantized(tmp_path / "q")
+    assert current_plan(loaded) == current_plan(model)
+    with torch.no_grad():
+        a = ad.forward_logits(batches[0])
+        b = get_adapter(loaded, proc).forward_logits(batches[0])
+    assert torch.equal(a, b)
+
+
+def test_configs_parse():
+    assert parse_config("W4A16") == (4, 128, 16) and parse_config("W8A8") == (8, -1, 8)
+    assert parse_config("W3A8g64") == (3, 64, 8)
+    for bad in ("W9A16", "W4A3x", "W4A1", "4bit"):
+        with pytest.raises(ValueError):
+            parse_config(bad)
+    model, _ = tiny_family("whisper")
+    plan = config_plan(model, "W4A4")
+    assert all(s["act_bits"] == 4 and s["group_size"] == -1 for s in plan["layers"].values())
+
+
+def test_bad_input_is_named(calibrated):
+    model, proc = tiny_family("whisper")
+    ad = get_adapter(model, proc)
+    plan = uniform_plan(model, 4, 32)
+    with pytest.raises(ValueError, match="unknown PTQ method 'gtpq'"):
+        quantize(ad, plan, None, "gtpq")
+    with pytest.raises(ValueError, match="does not take options"):
+        get_method("gptq", alpha=0.5)
+    with pytest.raises(ValueError, match="gptq needs calibration audio"):
+        quantize(ad, plan, None, "gptq", progress=False)
+    with pytest.raises(ValueError, match="static .* activation ranges need calibration"):
+        quantize(ad, with_activations(plan, 8, "tensor"), None, "rtn", progress=False)
+    with pytest.raises(ValueError, match="act_granularity must be one of"):
+        quantize(ad, {"layers": {"proj_out": {"bits": 4, "act_bits": 8, "act_granularity": "channel"}}}, None, "rtn")
+    with pytest.raises(ValueError, match="smoothing scales but none were given"):
+        from quasr.plan import swap
+
+        swap(model, {"layers": {"model.encoder.layers.0.fc1": {"bits": 4, "group_size": 32, "smooth": True}}})
+
+
+def test_calibration_free_methods_run_without_audio():
+    for method in ("rtn", "hqq"):
+        model, proc = tiny_family("moonshine")
+        ad = get_adapter(model, proc)
+        quantize(ad, with_activations(uniform_plan(model, 3, 32), 8), None, method, progress=False)
+        assert all(s == KEEP or s["bits"] == 3 for s in current_plan(model)["layers"].values())
