@@ -39,7 +39,16 @@ def _add_quant_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bits", type=int, default=4, help="weight bits, 2-8 (default 4)")
     p.add_argument("--group-size", type=_group, default=128, help="32, 64, 128 (default) or -1 for per-channel")
     p.add_argument("--symmetric", action="store_true", help="symmetric quantization (default asymmetric)")
-    p.add_argument("--method", default="rtn", choices=["rtn"], help="PTQ method (default rtn)")
+    p.add_argument("--method", default="rtn", choices=["rtn", "gptq", "awq", "hqq", "smoothquant", "omniquant", "quarot"],
+                   help="PTQ method (default rtn); all but rtn/hqq need --calib audio")
+    p.add_argument("--config", default=None, metavar="WxAy",
+                   help="an Edge-ASR configuration (W8A16, W4A16, W3A16, W2A16, W8A8, W4A8, W4A4, or W<b>A<b>g<group>): "
+                        "sets --bits, --group-size and --act-bits")
+    p.add_argument("--act-bits", type=int, default=16, help="activation fake-quant bits at each quantized layer's input, "
+                                                            "2-8 (default 16: none)")
+    p.add_argument("--act-granularity", default="token", choices=["token", "tensor"],
+                   help="per-token dynamic ranges (default) or one static range per tensor calibrated on --calib")
+    p.add_argument("--act-symmetric", action="store_true", help="symmetric activation ranges")
     p.add_argument("--clip", default=None, choices=["mse", "minmax", "cosine", "hessian"],
                    help="weight range: clip search by MSE, cosine, or error weighted by the calibration audio's input "
                         "second moments (hessian); min-max = none (default: hessian with --calib, else mse)")
@@ -59,13 +68,38 @@ def _add_budget_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0, help="seed of the shuffled ablation")
 
 
-def _quantize(model, args):
-    from .plan import rtn_quantizer, swap, uniform_plan
+def _apply_config(args) -> None:
+    if getattr(args, "config", None):
+        from .methods import parse_config
 
-    if args.clip == "hessian":
-        raise ValueError("--clip hessian needs calibration audio: use it with --budget-mb/--avg-bits and --calib")
-    plan = uniform_plan(model, args.bits, args.group_size, args.symmetric, tuple(args.keep))
-    return swap(model, plan, rtn_quantizer(args.clip or "mse"), progress=sys.stderr.isatty())
+        args.bits, args.group_size, args.act_bits = parse_config(args.config)
+
+
+def _calibration_waves(args):
+    from .data import load_clips
+
+    if not getattr(args, "calib", None):
+        return None
+    return [c.waveform() for c in load_clips(args.calib, args.calib_language, args.calib_limit)]
+
+
+def _quantize(model, processor, args):
+    """Uniform plan (--bits/--group-size, activations --act-*) quantized with --method."""
+    from .adapters import get_adapter
+    from .methods import get_method, quantize, with_activations
+    from .plan import uniform_plan
+
+    plan = with_activations(uniform_plan(model, args.bits, args.group_size, args.symmetric, tuple(args.keep)),
+                            args.act_bits, args.act_granularity, args.act_symmetric)
+    calib = _calibration_waves(args)
+    clip = args.clip or ("hessian" if calib else "mse")
+    method = get_method(args.method, clip=clip)
+    if calib is None and (method.needs_calibration or args.act_granularity == "tensor" and args.act_bits != 16):
+        raise ValueError(f"--method {args.method} with these options needs calibration audio: add --calib DATA "
+                         f"(a manifest, a folder of audio, or hf:NAME:SPLIT; no transcripts needed)")
+    quantize(get_adapter(model, processor), plan, calib, method, batch_size=args.batch_size,
+             language=getattr(args, "calib_language", None), progress=sys.stderr.isatty())
+    return model
 
 
 def _quantize_to_budget(model, processor, args):
@@ -94,12 +128,16 @@ def cmd_quantize(args) -> int:
 
     model, processor = load_model(args.model, device=args.device)
     start = time.perf_counter()
+    _apply_config(args)
     mixed = args.budget_mb is not None or args.avg_bits is not None
     if mixed:
+        if args.method != "rtn" or args.act_bits != 16:
+            raise ValueError("--budget-mb/--avg-bits quantize with RTN and calibrated clipping; combine a budget plan "
+                             "with other methods or activation bits through the Python API (quasr.methods.quantize)")
         result = _quantize_to_budget(model, processor, args)
     else:
-        _quantize(model, args)
-    meta = {"source": args.model, "method": args.method, "clip": args.clip or "mse"}
+        _quantize(model, processor, args)
+    meta = {"source": args.model, "method": args.method, "clip": args.clip or "mse", "act_bits": args.act_bits}
     if mixed:
         meta.update(result.settings, allocation=args.allocation, budget_mb=result.allocation.budget_bytes / 1e6)
     save_quantized(model, processor, args.out, meta)
@@ -186,7 +224,8 @@ def cmd_demo(args) -> int:
     model, processor = load_model(args.model, device=args.device)
     results["float"] = evaluate(model, processor, clips, args.language, args.batch_size, progress=sys.stderr.isatty())
     print(_summary(f"{args.model} float", results["float"]), flush=True)
-    _quantize(model, args)
+    _apply_config(args)
+    _quantize(model, processor, args)
     label = f"{args.bits}-bit {args.method} g{args.group_size}"
     results[label] = evaluate(model, processor, clips, args.language, args.batch_size, progress=sys.stderr.isatty())
     print(_summary(label, results[label]), flush=True)
@@ -236,6 +275,14 @@ def cmd_info(args) -> int:
 
 def _add_device_arg(p) -> None:
     p.add_argument("--device", default="cpu", help="cpu (native kernels) or cuda[:N] (default cpu)")
+
+
+def cmd_sweep(args) -> int:
+    from .sweep import Sweep, SweepConfig
+
+    Sweep(SweepConfig.load(args.config), args.out).run(args.ray)
+    print(f"table: {args.out / 'table.md'}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -311,6 +358,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device_arg(p)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_experiment)
+
+    p = sub.add_parser("sweep", help="Edge-ASR benchmark: models x PTQ methods x bit configs x datasets from a YAML "
+                                     "config; resumable (cells.jsonl), table.md/csv and WER-vs-size/BOPs plots in --out")
+    p.add_argument("config", type=Path)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help="run cells as Ray tasks on this cluster ('local' starts one here); needs quasr[ray]")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("info", help="versions and which kernels are active")
     p.set_defaults(func=cmd_info)

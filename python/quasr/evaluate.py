@@ -1,4 +1,5 @@
-"""Transcription and evaluation: WER (jiwer, after Whisper's normalisers), size, latency, RTF."""
+"""Transcription and evaluation: WER (jiwer, after Whisper's normalisers), size, latency, RTF, and the
+efficiency metrics of docs/METRICS.md (MACs, BOPs, memory I/O per second of audio)."""
 
 from __future__ import annotations
 
@@ -57,8 +58,11 @@ def evaluate(model, processor, clips: list[Clip], language: str | None = None, b
     """WER on clips with transcripts, plus size, wall time and real-time factor."""
     waves = [c.waveform() for c in tqdm(clips, desc="loading audio", disable=not progress, leave=False)]
     audio_seconds = sum(len(w) for w in waves) / SAMPLE_RATE
+    from .metrics import EfficiencyCounter
+
     start = time.perf_counter()
-    hyps = transcribe(model, processor, waves, language, batch_size, progress)
+    with EfficiencyCounter(model) as counter:  # hooks cost microseconds per layer call
+        hyps = transcribe(model, processor, waves, language, batch_size, progress)
     seconds = time.perf_counter() - start
     labelled = [(c.text, h) for c, h in zip(clips, hyps) if c.text]
     result = {
@@ -73,6 +77,7 @@ def evaluate(model, processor, clips: list[Clip], language: str | None = None, b
         "rtf": seconds / audio_seconds if audio_seconds else None,
         "latency_per_clip_s": seconds / len(clips),
         "n_threads": torch.get_num_threads(),
+        **counter.counts.per_second(audio_seconds),
     }
     if labelled:
         wer, n_words, skipped = word_error_rate([r for r, _ in labelled], [h for _, h in labelled], language)

@@ -1,0 +1,95 @@
+"""quasr sweep: config validation, resumable cells, tables and plots, Ray (local instance)."""
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import tiny_family
+from quasr.cli import main
+from quasr.sweep import Sweep, SweepConfig
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A tiny Whisper saved as a model directory, and a manifest of 6 synthetic clips with texts."""
+    d = tmp_path_factory.mktemp("sweep")
+    model, proc = tiny_family("whisper")
+    model.save_pretrained(d / "tiny")
+    proc.save_pretrained(d / "tiny")
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(6):
+        sf.write(d / f"c{i}.wav", (rng.standard_normal(16000) * 0.1).astype(np.float32), 16000)
+        lines.append(json.dumps({"audio": f"c{i}.wav", "text": "w5 w6 w7", "language": "en"}))
+    (d / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    return d
+
+
+def _config(d, **extra):
+    cfg = {"models": [str(d / "tiny")], "methods": ["rtn", "gptq"], "configs": ["W4A16", "W8A8"],
+           "datasets": [{"name": "synth", "data": str(d / "manifest.jsonl"), "language": "en", "limit": 2}],
+           "calibration": {"limit": 3}, "batch_size": 4, **extra}
+    path = d / f"sweep{len(extra)}.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_sweep_runs_resumes_and_renders(setup, tmp_path):
+    out = tmp_path / "out"
+    assert main(["sweep", str(_config(setup)), "--out", str(out)]) == 0
+    rows = [json.loads(l) for l in (out / "cells.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 + 2 * 2
+    by = {(r["method"], r["config"]): r for r in rows}
+    assert by[("float", "")]["a_bits"] == 32 and by[("gptq", "W8A8")]["a_bits"] == 8
+    for r in rows:
+        assert r["n_clips"] == 2 and r["wer"] is not None
+        if r["method"] != "float":
+            assert r["n_calibration_clips"] == 3  # the 4 clips not evaluated, capped at 3
+    # BOPs follow the bit widths: W4A16 is a quarter of float's, W8A8 a quarter too (8*8 vs 16*16)
+    f = by[("float", "")]
+    assert by[("rtn", "W4A16")]["gbops_per_audio_s"] < f["gbops_per_audio_s"] * 0.3
+    assert by[("rtn", "W4A16")]["size_mb"] < f["size_mb"]
+    for name in ("table.md", "table.csv", "wer_vs_size.png", "wer_vs_bops.png"):
+        assert (out / name).stat().st_size > 0
+    assert "| gptq | W8A8 |" in (out / "table.md").read_text()
+    # resume: nothing reruns; a removed cell is recomputed
+    before = (out / "cells.jsonl").read_text()
+    Sweep(SweepConfig.load(_config(setup)), out).run()
+    assert (out / "cells.jsonl").read_text() == before
+    (out / "cells.jsonl").write_text("\n".join(before.splitlines()[:-1]) + "\n")
+    Sweep(SweepConfig.load(_config(setup)), out).run()
+    assert len((out / "cells.jsonl").read_text().splitlines()) == 5
+
+
+def test_sweep_on_local_ray(setup, tmp_path):
+    pytest.importorskip("ray")
+    import ray
+
+    out = tmp_path / "ray"
+    try:
+        assert main(["sweep", str(_config(setup, methods=["hqq"], configs=["W4A8"])), "--out", str(out),
+                     "--ray", "local"]) == 0
+    finally:
+        ray.shutdown()
+    rows = [json.loads(l) for l in (out / "cells.jsonl").read_text().splitlines()]
+    assert sorted(r["method"] for r in rows) == ["float", "hqq"]
+
+
+@pytest.mark.parametrize("bad,match", [
+    ({"models": []}, "at least `models"),
+    ({"models": ["x"], "methods": ["gtpq"]}, "unknown method 'gtpq'"),
+    ({"models": ["x"], "configs": ["W9A16"]}, "bits must be"),
+    ({"models": ["x"], "bogus": 1}, "unknown keys"),
+    ({"models": ["x"], "datasets": [{"name": "a"}]}, "needs `name` and `data`"),
+])
+def test_bad_sweep_configs_are_named(tmp_path, bad, match):
+    import yaml
+
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump(bad))
+    with pytest.raises(ValueError, match=match):
+        SweepConfig.load(p)
