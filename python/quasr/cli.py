@@ -92,6 +92,9 @@ def _quantize(model, processor, args):
     plan = with_activations(uniform_plan(model, args.bits, args.group_size, args.symmetric, tuple(args.keep)),
                             args.act_bits, args.act_granularity, args.act_symmetric)
     calib = _calibration_waves(args)
+    if args.clip == "hessian" and calib is None:
+        raise ValueError("--clip hessian needs calibration audio: add --calib DATA (a manifest, a folder of audio, "
+                         "or hf:NAME:SPLIT; no transcripts needed)")
     clip = args.clip or ("hessian" if calib else "mse")
     method = get_method(args.method, clip=clip)
     if calib is None and (method.needs_calibration or args.act_granularity == "tensor" and args.act_bits != 16):
