@@ -199,7 +199,7 @@ class Method:
         raise NotImplementedError
 
 
-def _check_rotatable(name: str, module: nn.Module, k: int, tied: bool) -> str | None:
+def _check_rotatable(k: int, tied: bool) -> str | None:
     """Why this layer cannot be rotated, or None."""
     if tied:
         return "its weight is tied to an embedding"
@@ -231,7 +231,7 @@ def quantize_model(adapter: ModelAdapter, plan: dict, method: Method, batches: l
         final[name] = spec if spec == KEEP else method.adjust_spec(name, layers[name], dict(spec), bool(tied.get(name)))
     for name, spec in final.items():
         if spec != KEEP and spec.get("rotate"):
-            why = _check_rotatable(name, layers[name], flat_weight(layers[name]).shape[1], bool(tied.get(name)))
+            why = _check_rotatable(flat_weight(layers[name]).shape[1], bool(tied.get(name)))
             if why:
                 warnings.warn(f"{name}: not rotated ({why})", stacklevel=2)
                 spec.pop("rotate")

@@ -28,6 +28,11 @@ def layer_output_error(job: LayerJob, pw, input_mul: torch.Tensor | None) -> flo
     return float(((y - yq) ** 2).mean())
 
 
+def _scaled_importance(method: Method, job: LayerJob, s: torch.Tensor) -> torch.Tensor | None:
+    """Second moments of the scaled inputs x / s, only when the clip search uses them."""
+    return (job.inputs.samples / s).pow(2).mean(0) if method.clip == "hessian" else None
+
+
 def _normalised(s: torch.Tensor) -> torch.Tensor:
     s = s.clamp(min=1e-5)
     return s / math.sqrt(float(s.max() * s.min()))
@@ -48,8 +53,7 @@ class SmoothQuant(Method):
             return LayerResult(rtn_layer(job, self.clip))
         w_max = job.weight.abs().amax(0).clamp(min=1e-5)
         s = (job.inputs.abs_max.clamp(min=1e-5) ** self.alpha / w_max ** (1 - self.alpha)).clamp(min=1e-5)
-        return LayerResult(rtn_layer(job, self.clip, job.weight * s, importance=(job.inputs.samples / s).pow(2).mean(0)),
-                           1.0 / s)
+        return LayerResult(rtn_layer(job, self.clip, job.weight * s, importance=_scaled_importance(self, job, s)), 1.0 / s)
 
 
 class AWQ(Method):
@@ -72,7 +76,7 @@ class AWQ(Method):
         mean_abs = job.inputs.mean_abs()
         for i in range(1, self.grid):
             s = _normalised(mean_abs ** (i / self.grid))
-            pw = rtn_layer(job, self.clip, job.weight * s, importance=(job.inputs.samples / s).pow(2).mean(0))
+            pw = rtn_layer(job, self.clip, job.weight * s, importance=_scaled_importance(self, job, s))
             err = layer_output_error(job, pw, 1.0 / s)
             if err < best_err:
                 best, best_err, best_mul = pw, err, 1.0 / s
