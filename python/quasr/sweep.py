@@ -127,6 +127,20 @@ def _split(cfg: SweepConfig, dataset: dict):
     return evals, calib
 
 
+_CALIBRATION: dict[tuple, list] = {}
+
+
+def _calibration_batches(cfg: SweepConfig, cell: Cell, adapter, calib, language) -> list:
+    """A model's calibration inputs (the float model's own transcripts, teacher-forced), built once
+    per model and dataset in this process: every cell starts from the same float model (a cell's
+    quantize_seconds leave them out)."""
+    key = (cell.model, cell.dataset, tuple(c.id for c in calib), cfg.batch_size, cfg.device)
+    if key not in _CALIBRATION:
+        _CALIBRATION.clear()  # one model's batches at a time: cells run model by model
+        _CALIBRATION[key] = adapter.calibration_batches([c.waveform() for c in calib], cfg.batch_size, language)
+    return _CALIBRATION[key]
+
+
 def run_cell(cfg: SweepConfig, cell: Cell) -> dict:
     """Quantize and evaluate one cell; returns its row (everything but transcripts)."""
     import torch
@@ -147,11 +161,11 @@ def run_cell(cfg: SweepConfig, cell: Cell) -> dict:
         row.update(w_bits=bits, group_size=group, a_bits=act)
         plan = config_plan(model, cell.config, tuple(cfg.keep), cfg.act_granularity)
         method = get_method(cell.method, clip="hessian", **cfg.method_options.get(cell.method, {}))
-        waves = [c.waveform() for c in calib]
+        adapter = get_adapter(model, processor)
+        batches = _calibration_batches(cfg, cell, adapter, calib, dataset.get("language"))
         start = time.perf_counter()
-        quantize(get_adapter(model, processor), plan, waves, method, batch_size=cfg.batch_size,
-                 language=dataset.get("language"), progress=False)
-        row.update(quantize_seconds=time.perf_counter() - start, n_calibration_clips=len(waves))
+        quantize(adapter, plan, batches, method, progress=False)
+        row.update(quantize_seconds=time.perf_counter() - start, n_calibration_clips=len(calib))
     else:
         row.update(w_bits=32, group_size=None, a_bits=32)
     r = evaluate(model, processor, evals, dataset.get("language"), cfg.batch_size, progress=False)

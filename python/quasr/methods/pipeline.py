@@ -62,6 +62,7 @@ class LayerInputs:
     abs_max: torch.Tensor | None = None
     abs_sum: torch.Tensor | None = None
     samples: torch.Tensor | None = None
+    range_only: bool = False  # a grouped conv's input values: good for activation ranges only
     _keys: torch.Tensor | None = field(default=None, repr=False)
 
     def add(self, rows: torch.Tensor) -> None:
@@ -126,10 +127,65 @@ class LayerResult:
     input_mul: torch.Tensor | None = None
 
 
+class BlockOutputCache:
+    """Skips the finished prefix of the model on calibration passes.
+
+    Once a block is quantized its output on each calibration batch no longer changes (its inputs
+    come from blocks that are final too), so the pass after its quantization records that output
+    and later passes replace the block's forward with a lookup: each block's calibration pass then
+    runs about one block's worth of work instead of the whole prefix (O(blocks) instead of
+    O(blocks^2) forward work). A block whose module holds other blocks (Whisper's front-end block is
+    the whole encoder) is cached only once every block inside it is final. Outputs are kept for
+    every cached block and batch: one hidden state per block per calibration clip.
+    """
+
+    def __init__(self, model: nn.Module, blocks: list):
+        self.model = model
+        names = [b.name for b in blocks]
+        self.inner = {n: {o for o in names if o.startswith(n + ".")} for n in names}
+        self.batch = 0
+        self.done: set[str] = set()
+        self.outputs: dict[str, dict[int, object]] = {}
+        self._recording: dict[str, object] = {}
+        self._frozen: list[nn.Module] = []
+
+    def finished(self, block_name: str) -> None:
+        """`block_name` is quantized: record the outputs of every block now final on the next pass."""
+        self.done.add(block_name)
+        for name in self.done:
+            if name in self.outputs or not self.inner[name] <= self.done:
+                continue
+            store = self.outputs.setdefault(name, {})
+
+            def hook(module, args, output, _store=store):
+                _store.setdefault(self.batch, output)
+
+            self._recording[name] = self.model.get_submodule(name).register_forward_hook(hook)
+
+    def after_pass(self, n_batches: int) -> None:
+        """Freeze every recording block that has seen all batches: later passes look its output up."""
+        for name in list(self._recording):
+            if len(self.outputs[name]) < n_batches:
+                continue
+            self._recording.pop(name).remove()
+            module = self.model.get_submodule(name)
+            store = self.outputs[name]
+            module.forward = lambda *a, _store=store, **k: _store[self.batch]
+            self._frozen.append(module)
+
+    def close(self) -> None:
+        for h in self._recording.values():
+            h.remove()
+        for module in self._frozen:
+            del module.forward  # the instance attribute: the class's forward is back
+        self._recording, self._frozen, self.outputs = {}, [], {}
+
+
 def capture_block_inputs(adapter: ModelAdapter, batches: list[CalibrationBatch], layers: dict[str, nn.Module],
                          rotations: dict[str, Rotation], need_hessian: bool, max_samples: int,
-                         progress: bool = False) -> dict[str, LayerInputs]:
-    """Run the calibration batches until the last of `layers` has run, collecting their inputs."""
+                         progress: bool = False, cache: BlockOutputCache | None = None) -> dict[str, LayerInputs]:
+    """Run the calibration batches until the last of `layers` has run, collecting their inputs
+    (with a `cache`, finished blocks are looked up instead of run)."""
     stats = {n: LayerInputs(flat_weight(m).shape[1], need_hessian, max_samples, seed=i)
              for i, (n, m) in enumerate(layers.items())}
     last = list(layers)[-1]
@@ -141,6 +197,11 @@ def capture_block_inputs(adapter: ModelAdapter, batches: list[CalibrationBatch],
                 if name in rotations:
                     rows = rotations[name].apply(rows)
                 stats[name].add(rows)
+            elif name not in rotations:
+                # a grouped conv: no per-layer GEMM statistics, but its input values still give a
+                # static activation range (the unfolded columns hold the same values)
+                stats[name].range_only = True
+                stats[name].add(args[0].transpose(1, 2).reshape(-1, args[0].shape[1]))
             if name == last:
                 raise _StopForward
 
@@ -148,7 +209,9 @@ def capture_block_inputs(adapter: ModelAdapter, batches: list[CalibrationBatch],
 
     handles = [m.register_forward_hook(hook(n)) for n, m in layers.items()]
     try:
-        for batch in tqdm(batches, desc="block inputs", disable=not progress, leave=False):
+        for i, batch in enumerate(tqdm(batches, desc="block inputs", disable=not progress, leave=False)):
+            if cache is not None:
+                cache.batch = i
             try:
                 with torch.no_grad():
                     adapter.forward_logits(batch)
@@ -157,6 +220,8 @@ def capture_block_inputs(adapter: ModelAdapter, batches: list[CalibrationBatch],
     finally:
         for h in handles:
             h.remove()
+    if cache is not None:
+        cache.after_pass(len(batches))
     return {n: s for n, s in stats.items() if s.count}
 
 
@@ -215,9 +280,11 @@ def rotation_for(name: str, k: int) -> Rotation:
 
 
 def quantize_model(adapter: ModelAdapter, plan: dict, method: Method, batches: list[CalibrationBatch] | None,
-                   progress: bool = True) -> tuple[nn.Module, dict]:
+                   progress: bool = True, cache_blocks: bool = True) -> tuple[nn.Module, dict]:
     """Quantize adapter.model in place with `method`, block by block; returns (model, final plan).
-    The final plan is the input plan with the transforms the method added (rotate/smooth)."""
+    The final plan is the input plan with the transforms the method added (rotate/smooth).
+    `cache_blocks` skips finished blocks on calibration passes (BlockOutputCache); the result is
+    the same either way."""
     model = adapter.model
     specs = validate_plan(model, plan)
     if method.needs_calibration and not batches:
@@ -237,37 +304,53 @@ def quantize_model(adapter: ModelAdapter, plan: dict, method: Method, batches: l
                 spec.pop("rotate")
     collect = batches is not None and len(batches) > 0
     blocks = adapter.blocks()
-    for block in tqdm(blocks, desc=f"{method.name} blocks", disable=not progress, leave=False):
-        names = [n for n in block.layers if n in final and final[n] != KEEP]
-        if not names:
-            continue
-        mods = {n: model.get_submodule(n) for n in block.layers if n in names}
-        rotations = {n: rotation_for(n, flat_weight(m).shape[1]) for n, m in mods.items() if final[n].get("rotate")}
-        static = any(final[n].get("act_granularity") == "tensor" for n in names)
-        stats = (capture_block_inputs(adapter, batches, mods, rotations, method.needs_hessian, method.max_samples)
-                 if collect and (method.needs_calibration or static) else {})
-        jobs = []
-        for n, m in mods.items():
-            w = flat_weight(m).to(torch.float32)
-            if n in rotations:
-                w = rotations[n].apply(w)
-            jobs.append(LayerJob(n, m, final[n], w, stats.get(n), rotations.get(n), bool(tied.get(n))))
-        results = method.quantize_block(jobs)
-        transforms = {}
-        for job in jobs:
-            res = results[job.name]
-            job.spec.pop("smooth", None)
-            if res.input_mul is not None:
-                job.spec["smooth"] = True
-            act_q = None
-            if job.spec.get("act_granularity") == "tensor":
-                if job.inputs is None:
-                    raise ValueError(f"{job.name}: no calibration inputs for its static activation range")
-                x = job.inputs.samples
-                if res.input_mul is not None:
-                    x = x * res.input_mul
-                act_q = activation_range(x, job.spec["act_bits"], job.spec["act_symmetric"], method.act_range)
-            transforms[job.name] = LayerTransform(job.rotation.signs if job.rotation else None, res.input_mul, act_q)
-        swap(model, {"layers": {j.name: j.spec for j in jobs}}, weights={n: r.weight for n, r in results.items()},
-             transforms=transforms, progress=False)
+    cache = BlockOutputCache(model, blocks) if collect and cache_blocks else None
+    try:
+        for block in tqdm(blocks, desc=f"{method.name} blocks", disable=not progress, leave=False):
+            _quantize_block(adapter, block, final, method, batches if collect else None, tied, cache)
+            if cache is not None:
+                cache.finished(block.name)
+    finally:
+        if cache is not None:
+            cache.close()
     return model, {"layers": final}
+
+
+def _quantize_block(adapter, block, final, method, batches, tied, cache) -> None:
+    model = adapter.model
+    names = [n for n in block.layers if n in final and final[n] != KEEP]
+    if not names:
+        return
+    mods = {n: model.get_submodule(n) for n in block.layers if n in names}
+    rotations = {n: rotation_for(n, flat_weight(m).shape[1]) for n, m in mods.items() if final[n].get("rotate")}
+    static = any(final[n].get("act_granularity") == "tensor" for n in names)
+    stats = (capture_block_inputs(adapter, batches, mods, rotations, method.needs_hessian, method.max_samples,
+                                  cache=cache)
+             if batches and (method.needs_calibration or static) else {})
+    jobs = []
+    for n, m in mods.items():
+        w = flat_weight(m).to(torch.float32)
+        if n in rotations:
+            w = rotations[n].apply(w)
+        inputs = stats.get(n)
+        jobs.append(LayerJob(n, m, final[n], w, None if inputs is not None and inputs.range_only else inputs,
+                             rotations.get(n), bool(tied.get(n))))
+    results = method.quantize_block(jobs)
+    transforms = {}
+    for job in jobs:
+        res = results[job.name]
+        job.spec.pop("smooth", None)
+        if res.input_mul is not None:
+            job.spec["smooth"] = True
+        act_q = None
+        if job.spec.get("act_granularity") == "tensor":
+            if job.name not in stats:
+                raise ValueError(f"{job.name}: no calibration inputs reached this layer for its static activation range "
+                                 f"(a rotated grouped convolution has none): use act_granularity 'token' or keep it")
+            x = stats[job.name].samples
+            if res.input_mul is not None:
+                x = x * res.input_mul
+            act_q = activation_range(x, job.spec["act_bits"], job.spec["act_symmetric"], method.act_range)
+        transforms[job.name] = LayerTransform(job.rotation.signs if job.rotation else None, res.input_mul, act_q)
+    swap(model, {"layers": {j.name: j.spec for j in jobs}}, weights={n: r.weight for n, r in results.items()},
+         transforms=transforms, progress=False)
