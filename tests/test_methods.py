@@ -61,7 +61,7 @@ def test_method_quantizes_every_family_and_honours_the_plan(family, method, cali
     with torch.no_grad():
         ref = ad.forward_logits(batches[0])
     plan = _mixed_plan(model)
-    options = {"steps": 5} if method == "omniquant" else {}
+    options = {"steps": 5} if method in ("omniquant", "spinquant") else {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "not rotated" notes for tied/odd-sized layers
         _, final = quantize(ad, plan, batches, method, progress=False, **options)
@@ -105,6 +105,80 @@ def test_methods_beat_rtn_on_layer_output_error(method, options, bits):
     rtn = layer_output_error(job, rtn_layer(job, "mse"), None)
     err = layer_output_error(job, res.weight, res.input_mul)
     assert err < 0.9 * rtn, (method, bits, err / rtn)
+
+
+def _rotated_job(bits, act_bits, seed=0):
+    """_outlier_job seen through a randomised Hadamard rotation (what QuaRot/SpinQuant are handed)."""
+    base = _outlier_job(bits, 32, act_bits, seed=seed)
+    rot = Rotation(random_signs(base.weight.shape[1], seed + 1))
+    x = base.inputs.samples
+    inputs = LayerInputs(x.shape[1], need_hessian=True, max_samples=4096)
+    inputs.add(rot.apply(x))
+    job = LayerJob("layer", base.module, base.spec, rot.apply(base.weight), inputs, rot, False)
+    return job, x, base.weight
+
+
+def _error_through(x, w, rotation, pw, act):
+    """Output error of a rotated quantized layer against the float layer, on unrotated inputs."""
+    y = x @ w.T
+    yq = ops.reference_input_transform(rotation.apply(x), None, act) @ dequantize(pw).T
+    return float(((y - yq) ** 2).mean())
+
+
+@pytest.mark.parametrize("bits,act_bits", [(3, None), (4, 4), (3, 6)])
+@pytest.mark.parametrize("weights", ["rtn", "gptq"])
+def test_spinquant_learned_rotation_beats_quarot(bits, act_bits, weights):
+    job, x, w = _rotated_job(bits, act_bits)
+    quarot = get_method("quarot", weights=weights).quantize_layer(job)
+    spin = get_method("spinquant", weights=weights, steps=60).quantize_layer(job)
+    assert spin.rotation is not None and spin.rotation.learned
+    e_quarot = _error_through(x, w, job.rotation, quarot.weight, job.act)
+    e_spin = _error_through(x, w, spin.rotation, spin.weight, job.act)
+    # never worse than QuaRot (it falls back to it); clearly better where weight rounding dominates
+    assert e_spin <= e_quarot * (1 + 1e-6), (bits, act_bits, weights, e_spin / e_quarot)
+    if act_bits is None:
+        assert e_spin < 0.95 * e_quarot, (bits, weights, e_spin / e_quarot)
+    m = spin.rotation.matrix()
+    assert torch.allclose(m @ m.T, torch.eye(m.shape[0]), atol=1e-4)
+    # the samples handed on (for static activation ranges) are the inputs under the chosen rotation
+    rows = spin.inputs.samples @ spin.rotation.matrix().T  # back to the unrotated inputs
+    x_rows = x[(x.unsqueeze(0) - rows[:3].unsqueeze(1)).abs().sum(-1).argmin(1)]
+    assert torch.allclose(rows[:3], x_rows, atol=1e-3)
+
+
+def test_learned_rotation_factors_compose_as_a_kronecker_product():
+    from quasr.methods.rotations import _cayley
+
+    k = 96
+    a, b = rotation_factors(k)
+    g = torch.Generator().manual_seed(0)
+    left, right = _cayley(torch.randn(a, a, generator=g)), _cayley(torch.randn(b, b, generator=g))
+    signs = random_signs(k, 2)
+    m = Rotation(signs, left, right).matrix()
+    want = torch.diag(signs.float()) @ torch.kron(left, right)
+    assert torch.allclose(m, want, atol=1e-5)
+    assert torch.allclose(m @ m.T, torch.eye(k), atol=1e-5)
+    with pytest.raises(ValueError, match="must be"):
+        Rotation(signs, right, left)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_block_output_cache_gives_identical_results(family, calibrated):
+    from quasr.methods.pipeline import quantize_model
+
+    states = []
+    for cache in (False, True):
+        model, proc = tiny_family(family)
+        ad = get_adapter(model, proc)
+        plan = config_plan(model, "W4A8", act_granularity="tensor")
+        quantize_model(ad, plan, get_method("gptq"), calibrated[family], progress=False, cache_blocks=cache)
+        with torch.no_grad():
+            states.append((model.state_dict(), ad.forward_logits(calibrated[family][0])))
+        # the model's own forward is back after quantizing (no block left patched)
+        assert not any("forward" in vars(m) for m in model.modules())
+    (sa, la), (sb, lb) = states
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert torch.equal(la, lb)
 
 
 def test_smoothquant_helps_8bit_activations_with_outliers():
@@ -225,7 +299,7 @@ def test_fused_activation_fake_quant_in_kernel_matches_reference(kernel, bits):
             assert (got - want).abs().max() < tol, (kernel, bits, act, m)
 
 
-@pytest.mark.parametrize("method", ["quarot", "smoothquant", "awq"])
+@pytest.mark.parametrize("method", ["quarot", "spinquant", "smoothquant", "awq"])
 def test_transformed_models_save_and_load(method, calibrated, tmp_path):
     from quasr.serialize import load_quantized, save_quantized
 
@@ -235,7 +309,7 @@ def test_transformed_models_save_and_load(method, calibrated, tmp_path):
     plan = with_activations(uniform_plan(model, 4, 32), 8, "tensor")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        quantize(ad, plan, batches, method, progress=False)
+        quantize(ad, plan, batches, method, progress=False, **({"steps": 5} if method == "spinquant" else {}))
     save_quantized(model, proc, tmp_path / "q")
     loaded, _ = load_quantized(tmp_path / "q")
     assert current_plan(loaded) == current_plan(model)
@@ -274,6 +348,10 @@ def test_bad_input_is_named(calibrated):
         from quasr.plan import swap
 
         swap(model, {"layers": {"model.encoder.layers.0.fc1": {"bits": 4, "group_size": 32, "smooth": True}}})
+    with pytest.raises(ValueError, match="learned rotation but none was given"):
+        swap(model, {"layers": {"model.encoder.layers.0.fc1": {"bits": 4, "group_size": 32, "rotate": "learned"}}})
+    with pytest.raises(ValueError, match="rotate must be true or"):
+        swap(model, {"layers": {"model.encoder.layers.0.fc1": {"bits": 4, "rotate": "spin"}}})
 
 
 def test_calibration_free_methods_run_without_audio():

@@ -15,8 +15,8 @@ ACT_KEYS = ("act_bits", "act_granularity", "act_symmetric")
 
 class _Packed(nn.Module):
     """Buffers of one packed [out, in] weight (+ optional float32 bias), and the optional transforms
-    of its input, in the order they run: an online rotation (`rotation_signs`: the stored weight is
-    W M, see rotation.py), a per-channel multiply (`input_mul`: SmoothQuant/AWQ/OmniQuant scales; the
+    of its input, in the order they run: an online rotation (`rotation_signs`, and `rotation_left`/`rotation_right`
+    when the rotation was learned: the stored weight is W M, see rotation.py), a per-channel multiply (`input_mul`: SmoothQuant/AWQ/OmniQuant scales; the
     stored weight is W / input_mul), and activation fake-quant (`act_bits`, per token or per tensor
     with calibrated `act_qparams` = (scale, zero)). The last two run fused in the kernel."""
 
@@ -32,16 +32,26 @@ class _Packed(nn.Module):
         )
         self.register_buffer("bias", torch.empty(out_features, device=device) if bias else None)
         self.register_buffer("rotation_signs", None)
+        self.register_buffer("rotation_left", None)  # learned (SpinQuant) Kronecker factors of the rotation
+        self.register_buffer("rotation_right", None)
         self.register_buffer("input_mul", None)
         self.register_buffer("act_qparams", None)
         self.act_bits, self.act_granularity, self.act_symmetric = 0, "token", False
         self._rotation = None
 
-    def set_transforms(self, rotate: bool = False, smooth: bool = False, act: dict | None = None, device=None) -> None:
-        """Allocate the transform buffers a spec asks for (filled by a PTQ method or a checkpoint)."""
+    def set_transforms(self, rotate: bool | str = False, smooth: bool = False, act: dict | None = None,
+                       device=None) -> None:
+        """Allocate the transform buffers a spec asks for (filled by a PTQ method or a checkpoint);
+        rotate="learned" also allocates the learned rotation factors."""
         k = self.packed_in_features
         if rotate:
             self.rotation_signs = torch.ones(k, dtype=torch.int8, device=device)
+        if rotate == "learned":
+            from .rotation import rotation_factors
+
+            a, b = rotation_factors(k)
+            self.rotation_left = torch.eye(a, dtype=torch.float32, device=device)
+            self.rotation_right = torch.eye(b, dtype=torch.float32, device=device)
         if smooth:
             self.input_mul = torch.ones(k, dtype=torch.float32, device=device)
         if act and act.get("act_bits"):
@@ -66,8 +76,9 @@ class _Packed(nn.Module):
             return x
         from .rotation import Rotation
 
-        if self._rotation is None or self._rotation.signs is not self.rotation_signs:
-            self._rotation = Rotation(self.rotation_signs)
+        r = self._rotation
+        if r is None or r.signs is not self.rotation_signs or r.left is not self.rotation_left or r.right is not self.rotation_right:
+            self._rotation = Rotation(self.rotation_signs, self.rotation_left, self.rotation_right)
         return self._rotation.apply(x).to(x.dtype)
 
     def _linear(self, x: torch.Tensor, pw: PackedWeight, bias) -> torch.Tensor:
@@ -87,7 +98,7 @@ class _Packed(nn.Module):
         if self.act_bits:
             spec.update(act_bits=self.act_bits, act_granularity=self.act_granularity, act_symmetric=self.act_symmetric)
         if self.rotation_signs is not None:
-            spec["rotate"] = True
+            spec["rotate"] = "learned" if self.rotation_left is not None else True
         if self.input_mul is not None:
             spec["smooth"] = True
         return spec
@@ -97,7 +108,9 @@ class _Packed(nn.Module):
         return ops.dequantize_weight(self.packed_weight())
 
     def _transform_repr(self) -> str:
-        out = ", rotated" if self.rotation_signs is not None else ""
+        out = ""
+        if self.rotation_signs is not None:
+            out = ", rotated (learned)" if self.rotation_left is not None else ", rotated"
         out += ", smoothed" if self.input_mul is not None else ""
         if self.act_bits:
             out += f", act={self.act_bits}b/{self.act_granularity}{'/sym' if self.act_symmetric else ''}"

@@ -23,8 +23,8 @@ from .quantize import CLIP_METHODS, rtn_quantize
 
 KEEP = "keep"
 # bits/group_size/symmetric: the weight; act_*: activation fake-quant at the layer's input (16/absent:
-# none); rotate/smooth: the layer has an online rotation / a per-channel input multiply (set by PTQ
-# methods, see nn._Packed).
+# none); rotate/smooth: the layer has an online rotation (true: randomised Hadamard; "learned":
+# SpinQuant's learned factors) / a per-channel input multiply (set by PTQ methods, see nn._Packed).
 SPEC_KEYS = {"bits", "group_size", "symmetric", "act_bits", "act_granularity", "act_symmetric", "rotate", "smooth"}
 
 
@@ -54,9 +54,12 @@ def check_spec(name: str, spec) -> dict | str:
         if gran not in ACT_GRANULARITIES:
             raise ValueError(f"plan entry {name!r}: act_granularity must be one of {ACT_GRANULARITIES}, got {gran!r}")
         out.update(act_bits=spec["act_bits"], act_granularity=gran, act_symmetric=bool(spec.get("act_symmetric", False)))
-    for flag in ("rotate", "smooth"):
-        if spec.get(flag):
-            out[flag] = True
+    if spec.get("rotate") not in (None, False, True, "learned"):
+        raise ValueError(f"plan entry {name!r}: rotate must be true or \"learned\", got {spec['rotate']!r}")
+    if spec.get("rotate"):
+        out["rotate"] = spec["rotate"]
+    if spec.get("smooth"):
+        out["smooth"] = True
     return out
 
 
@@ -127,11 +130,20 @@ def rtn_quantizer(clip: str = "mse", importance: dict[str, torch.Tensor] | None 
 @dataclass
 class LayerTransform:
     """A PTQ method's input transforms for one layer (see nn._Packed): rotation signs (int8 [K]),
-    per-channel input multiplier (float32 [K]), static activation (scale, zero)."""
+    per-channel input multiplier (float32 [K]), static activation (scale, zero), and a learned
+    rotation's orthogonal Kronecker factors (left [a, a], right [b, b]; None: Hadamard)."""
 
     rotation_signs: torch.Tensor | None = None
     input_mul: torch.Tensor | None = None
     act_qparams: tuple[float, float] | None = None
+    learned_rotation: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def rotation(self):
+        from .rotation import Rotation
+
+        if self.rotation_signs is None:
+            return None
+        return Rotation(self.rotation_signs, *(self.learned_rotation or (None, None)))
 
 
 def default_rotation_signs(name: str, k: int) -> torch.Tensor:
@@ -145,9 +157,7 @@ def transformed_weight(weight_2d: torch.Tensor, transform: LayerTransform | None
     """The weight a layer stores, given its input transforms: W M (rotation), then / input_mul."""
     w = weight_2d
     if transform is not None and transform.rotation_signs is not None:
-        from .rotation import Rotation
-
-        w = Rotation(transform.rotation_signs).apply(w)
+        w = transform.rotation().apply(w)
     if transform is not None and transform.input_mul is not None:
         w = w / transform.input_mul.to(w.device, torch.float32)
     return w
@@ -192,6 +202,9 @@ def swap(model: nn.Module, plan: dict, quantizer: Quantizer | None = None,
 
 def _layer_transform(name: str, module: nn.Module, spec: dict, tr: LayerTransform | None) -> LayerTransform | None:
     k = flat_weight(module).shape[1]
+    if spec.get("rotate") == "learned" and (tr is None or tr.learned_rotation is None or tr.rotation_signs is None):
+        raise ValueError(f"{name}: the plan asks for a learned rotation but none was given (it comes from "
+                         f"quantizing with spinquant)")
     if spec.get("rotate") and (tr is None or tr.rotation_signs is None):
         tr = LayerTransform(default_rotation_signs(name, k), tr.input_mul if tr else None, tr.act_qparams if tr else None)
     if spec.get("smooth") and (tr is None or tr.input_mul is None):
@@ -204,17 +217,23 @@ def _layer_transform(name: str, module: nn.Module, spec: dict, tr: LayerTransfor
         for t, what in ((tr.rotation_signs, "rotation_signs"), (tr.input_mul, "input_mul")):
             if t is not None and t.numel() != k:
                 raise ValueError(f"{name}: {what} has {t.numel()} entries, the layer has {k} inputs")
+        if tr.rotation_signs is not None:
+            tr.rotation()  # checks learned factors' shapes against the layer
         if isinstance(module, nn.Conv1d) and module.groups > 1 and tr.input_mul is not None:
             raise ValueError(f"{name}: smoothing a grouped convolution is not supported (groups see different channels)")
     return tr
 
 
 def _apply_transform(new: nn.Module, spec: dict, tr: LayerTransform | None) -> None:
-    new.set_transforms(rotate=bool(spec.get("rotate")), smooth=bool(spec.get("smooth")), act=spec, device="cpu")
+    new.set_transforms(rotate=spec.get("rotate", False), smooth=bool(spec.get("smooth")), act=spec, device="cpu")
     if tr is None:
         return
     if spec.get("rotate"):
         new.rotation_signs = tr.rotation_signs.to(torch.int8).cpu().clone()
+    if spec.get("rotate") == "learned":
+        left, right = tr.learned_rotation
+        new.rotation_left = left.detach().to(torch.float32).cpu().clone()
+        new.rotation_right = right.detach().to(torch.float32).cpu().clone()
     if spec.get("smooth"):
         new.input_mul = tr.input_mul.to(torch.float32).cpu().clone()
     if spec.get("act_granularity") == "tensor":
@@ -244,7 +263,7 @@ def empty_swap(model: nn.Module, plan: dict) -> None:
             new = QuantConv1d(m.in_channels, m.out_channels, m.kernel_size[0], m.stride[0], m.padding[0], groups=m.groups, **kw)
         else:
             new = QuantLinear(m.in_features, m.out_features, **kw)
-        new.set_transforms(rotate=bool(spec.get("rotate")), smooth=bool(spec.get("smooth")), act=spec, device="meta")
+        new.set_transforms(rotate=spec.get("rotate", False), smooth=bool(spec.get("smooth")), act=spec, device="meta")
         _install(model, name, new, tied.get(name, []))
 
 

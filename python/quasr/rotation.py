@@ -1,4 +1,4 @@
-"""Orthogonal (randomised Hadamard) rotations of a layer's input, for QuaRot and SpinQuant.
+"""Orthogonal (randomised Hadamard or learned) rotations of a layer's input, for QuaRot and SpinQuant.
 
 A quantized layer with rotation M (orthogonal, K x K) computes y = (x M) (W M)^T = x W^T: its weight
 is stored as W M (quantized after the rotation), and its input is rotated online before the
@@ -93,9 +93,14 @@ def random_signs(k: int, seed: int) -> torch.Tensor:
 
 
 class Rotation:
-    """x -> x M for rows of length k: M = diag(signs) (A kron B) / sqrt(k), orthogonal."""
+    """x -> x M for rows of length k: M = diag(signs) (L kron R), orthogonal.
 
-    def __init__(self, signs: torch.Tensor):
+    By default L = A / sqrt(a) and R = B / sqrt(b), normalised Hadamard matrices (QuaRot). SpinQuant
+    learns the factors: `left` [a, a] and `right` [b, b] are any orthogonal matrices (a, b =
+    rotation_factors(k)); the online cost is the same K*(a+b) per row.
+    """
+
+    def __init__(self, signs: torch.Tensor, left: torch.Tensor | None = None, right: torch.Tensor | None = None):
         k = signs.numel()
         f = rotation_factors(k)
         if f is None:
@@ -103,21 +108,45 @@ class Rotation:
                              f"and multiples of 4 from Sylvester/Paley constructions); leave this layer unrotated")
         self.k, (self.a, self.b) = k, f
         self.signs = signs
+        if (left is None) != (right is None):
+            raise ValueError("a learned rotation needs both factors (left and right)")
+        if left is not None and (tuple(left.shape) != (self.a, self.a) or tuple(right.shape) != (self.b, self.b)):
+            raise ValueError(f"rotation factors for k={k} must be [{self.a}, {self.a}] and [{self.b}, {self.b}], "
+                             f"got {list(left.shape)} and {list(right.shape)}")
+        self.left, self.right = left, right
+
+    @property
+    def learned(self) -> bool:
+        return self.left is not None
+
+    def factors(self, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """(L, R), float32, orthogonal."""
+        if self.learned:
+            return self.left.to(device, torch.float32), self.right.to(device, torch.float32)
+        return (_factor(self.a, device) * (1.0 / math.sqrt(self.a)), _factor(self.b, device) * (1.0 / math.sqrt(self.b)))
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         """x [..., k] -> x M (float32)."""
         dev = x.device
-        a_mat = _factor(self.a, dev)
-        b_mat = _factor(self.b, dev)
         shape = x.shape
         xs = (x.to(torch.float32) * self.signs.to(device=dev, dtype=torch.float32)).reshape(-1, self.a, self.b)
-        # row-vector convention: (x (A kron B)) viewed as [a, b] is A^T X B
-        y = torch.matmul(a_mat.T, torch.matmul(xs, b_mat))
-        return (y * (1.0 / math.sqrt(self.k))).reshape(shape)
+        if self.learned:
+            left, right, scale = self.left.to(dev, torch.float32), self.right.to(dev, torch.float32), 1.0
+        else:  # integer Hadamard factors, one scaling at the end
+            left, right, scale = _factor(self.a, dev), _factor(self.b, dev), 1.0 / math.sqrt(self.k)
+        # row-vector convention: (x (L kron R)) viewed as [a, b] is L^T X R
+        y = torch.matmul(left.T, torch.matmul(xs, right))
+        return (y * scale).reshape(shape) if scale != 1.0 else y.reshape(shape)
 
     def matrix(self) -> torch.Tensor:
         """The dense [k, k] M (tests and weight folding of small layers)."""
         return self.apply(torch.eye(self.k))
+
+
+def kron_apply(x: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """x [n, a*b] -> x (left kron right), differentiable (SpinQuant trains through it)."""
+    a, b = left.shape[0], right.shape[0]
+    return torch.matmul(left.T, torch.matmul(x.reshape(-1, a, b), right)).reshape(x.shape)
 
 
 @functools.lru_cache(maxsize=None)

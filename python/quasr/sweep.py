@@ -9,7 +9,7 @@ results still land in the same cells.jsonl on the driver.
 
 Config (YAML), every key but `models` optional:
     models: [whisper-tiny.en, moonshine-base]
-    methods: [rtn, gptq, awq, hqq, smoothquant, omniquant, quarot]
+    methods: [rtn, gptq, awq, hqq, smoothquant, omniquant, quarot, spinquant]
     configs: [W8A16, W4A16, W3A16, W2A16, W8A8, W4A8, W4A4]
     datasets:                        # default: the English prompts of ../shared/speech
       - {name: en, data: PATH_OR_hf:NAME:SPLIT, language: en, limit: 100}
@@ -48,10 +48,16 @@ class Cell:
         return f"{self.model}|{self.method}|{self.config}|{self.dataset}"
 
 
+def _all_methods() -> list[str]:
+    from .methods import METHODS
+
+    return list(METHODS)
+
+
 @dataclass
 class SweepConfig:
     models: list[str]
-    methods: list[str] = field(default_factory=lambda: ["rtn", "gptq", "awq", "hqq", "smoothquant", "omniquant", "quarot"])
+    methods: list[str] = field(default_factory=lambda: list(_all_methods()))
     configs: list[str] = field(default_factory=lambda: ["W8A16", "W4A16", "W3A16", "W2A16", "W8A8", "W4A8", "W4A4"])
     datasets: list[dict] = field(default_factory=list)
     calibration: dict = field(default_factory=dict)

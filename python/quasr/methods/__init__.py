@@ -17,11 +17,11 @@ from ..format import check_bits, resolve_group_size
 from ..plan import KEEP
 from ..ranges import ACT_GRANULARITIES
 from .pipeline import LayerInputs, LayerJob, LayerResult, Method, quantize_model
-from .rotations import QuaRot
+from .rotations import QuaRot, SpinQuant
 from .scaling import AWQ, OmniQuant, SmoothQuant
 from .weight_only import GPTQ, HQQ, RTN
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (RTN, GPTQ, AWQ, HQQ, SmoothQuant, OmniQuant, QuaRot)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (RTN, GPTQ, AWQ, HQQ, SmoothQuant, OmniQuant, QuaRot, SpinQuant)}
 
 # Edge-ASR's configurations: weight bits, weight group (-1: per output channel), activation bits
 # (16: float), activations per token.

@@ -123,8 +123,14 @@ class LayerJob:
 
 @dataclass
 class LayerResult:
+    """A method's answer for one layer: the packed (transformed) weight, the per-channel input
+    multiply if it scaled channels, and, if it changed the layer's rotation (SpinQuant), the new
+    rotation and the input statistics under it (for static activation ranges)."""
+
     weight: PackedWeight
     input_mul: torch.Tensor | None = None
+    rotation: Rotation | None = None
+    inputs: LayerInputs | None = None
 
 
 class BlockOutputCache:
@@ -347,10 +353,12 @@ def _quantize_block(adapter, block, final, method, batches, tied, cache) -> None
             if job.name not in stats:
                 raise ValueError(f"{job.name}: no calibration inputs reached this layer for its static activation range "
                                  f"(a rotated grouped convolution has none): use act_granularity 'token' or keep it")
-            x = stats[job.name].samples
+            x = (res.inputs or stats[job.name]).samples
             if res.input_mul is not None:
                 x = x * res.input_mul
             act_q = activation_range(x, job.spec["act_bits"], job.spec["act_symmetric"], method.act_range)
-        transforms[job.name] = LayerTransform(job.rotation.signs if job.rotation else None, res.input_mul, act_q)
+        rot = res.rotation or job.rotation
+        transforms[job.name] = LayerTransform(rot.signs if rot else None, res.input_mul, act_q,
+                                              (rot.left, rot.right) if rot is not None and rot.learned else None)
     swap(model, {"layers": {j.name: j.spec for j in jobs}}, weights={n: r.weight for n, r in results.items()},
          transforms=transforms, progress=False)
