@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from .allocate import ALLOCATIONS
+from .methods import METHODS
 from .sensitivity import ERRORS, SCORES
 
 
@@ -39,7 +40,7 @@ def _add_quant_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bits", type=int, default=4, help="weight bits, 2-8 (default 4)")
     p.add_argument("--group-size", type=_group, default=128, help="32, 64, 128 (default) or -1 for per-channel")
     p.add_argument("--symmetric", action="store_true", help="symmetric quantization (default asymmetric)")
-    p.add_argument("--method", default="rtn", choices=["rtn", "gptq", "awq", "hqq", "smoothquant", "omniquant", "quarot", "spinquant"],
+    p.add_argument("--method", default="rtn", choices=list(METHODS),
                    help="PTQ method (default rtn); all but rtn/hqq need --calib audio")
     p.add_argument("--config", default=None, metavar="WxAy",
                    help="an Edge-ASR configuration (W8A16, W4A16, W3A16, W2A16, W8A8, W4A8, W4A4, or W<b>A<b>g<group>): "

@@ -15,8 +15,9 @@ ACT_KEYS = ("act_bits", "act_granularity", "act_symmetric")
 
 class _Packed(nn.Module):
     """Buffers of one packed [out, in] weight (+ optional float32 bias), and the optional transforms
-    of its input, in the order they run: an online rotation (`rotation_signs`, and `rotation_left`/`rotation_right`
-    when the rotation was learned: the stored weight is W M, see rotation.py), a per-channel multiply (`input_mul`: SmoothQuant/AWQ/OmniQuant scales; the
+    of its input, in the order they run: an online rotation (`rotation_signs`, plus
+    `rotation_left`/`rotation_right` when it was learned: the stored weight is W M, see
+    rotation.py), a per-channel multiply (`input_mul`: SmoothQuant/AWQ/OmniQuant scales; the
     stored weight is W / input_mul), and activation fake-quant (`act_bits`, per token or per tensor
     with calibrated `act_qparams` = (scale, zero)). The last two run fused in the kernel."""
 

@@ -128,15 +128,11 @@ class Rotation:
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         """x [..., k] -> x M (float32)."""
         dev = x.device
-        shape = x.shape
-        xs = (x.to(torch.float32) * self.signs.to(device=dev, dtype=torch.float32)).reshape(-1, self.a, self.b)
+        xs = x.to(torch.float32) * self.signs.to(device=dev, dtype=torch.float32)
         if self.learned:
-            left, right, scale = self.left.to(dev, torch.float32), self.right.to(dev, torch.float32), 1.0
-        else:  # integer Hadamard factors, one scaling at the end
-            left, right, scale = _factor(self.a, dev), _factor(self.b, dev), 1.0 / math.sqrt(self.k)
-        # row-vector convention: (x (L kron R)) viewed as [a, b] is L^T X R
-        y = torch.matmul(left.T, torch.matmul(xs, right))
-        return (y * scale).reshape(shape) if scale != 1.0 else y.reshape(shape)
+            return kron_apply(xs, *self.factors(dev))
+        # integer Hadamard factors, one scaling at the end
+        return kron_apply(xs, _factor(self.a, dev), _factor(self.b, dev)) * (1.0 / math.sqrt(self.k))
 
     def matrix(self) -> torch.Tensor:
         """The dense [k, k] M (tests and weight folding of small layers)."""
@@ -144,7 +140,8 @@ class Rotation:
 
 
 def kron_apply(x: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
-    """x [n, a*b] -> x (left kron right), differentiable (SpinQuant trains through it)."""
+    """x [..., a*b] -> x (left kron right), differentiable (SpinQuant trains through it). Row-vector
+    convention: (x (L kron R)) viewed as [a, b] is L^T X R."""
     a, b = left.shape[0], right.shape[0]
     return torch.matmul(left.T, torch.matmul(x.reshape(-1, a, b), right)).reshape(x.shape)
 

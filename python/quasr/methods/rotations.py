@@ -62,7 +62,6 @@ def learn_rotation(x: torch.Tensor, weight: torch.Tensor, spec: dict, act, a: in
     kept. Returns (Ra, Rb, error at the identity, error at the result)."""
     from ..format import resolve_group_size
     from ..quantize import _grouped
-    from ..rotation import kron_apply
     from .scaling import _act_ste, _fake_quant_ste
 
     n, k = weight.shape
@@ -102,9 +101,9 @@ class SpinQuant(QuaRot):
     pipeline collects. Weights are then rounded by GPTQ on the learned rotation's Hessian (the
     paper's best variant) or RTN; if the result's output error on all the layer's samples is not
     below QuaRot's (the same rounding after the Hadamard rotation alone), QuaRot's is kept, so
-    SpinQuant is never worse than QuaRot on the calibration data. The paper learns one residual-stream rotation end to end; quasr's
-    rotations are online per layer (LayerNorm does not commute with a rotation, see QuaRot), so
-    each is learned on its own layer's error."""
+    SpinQuant is never worse than QuaRot on the calibration data. The paper learns one
+    residual-stream rotation end to end; quasr's rotations are online per layer (LayerNorm does not
+    commute with a rotation, see QuaRot), so each is learned on its own layer's error."""
 
     name = "spinquant"
 
