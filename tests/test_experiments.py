@@ -75,6 +75,25 @@ def test_quantize_to_a_budget_through_the_cli(family, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["size_mb"] == pytest.approx(r["size_mb"])
 
 
+@pytest.mark.filterwarnings("ignore")
+def test_budget_with_a_ptq_method_and_activation_bits_through_the_cli(tmp_path, capsys):
+    """--budget-mb composes with --method and --act-bits: the method's transforms fit the budget."""
+    src = _model_dir("whisper", tmp_path)
+    manifest = _manifest(tmp_path)
+    out = tmp_path / "q"
+    assert main(["quantize", str(src), "--avg-bits", "4.5", "--method", "quarot", "--act-bits", "8",
+                 "--act-granularity", "tensor", "--group-size", "32", "--calib", str(manifest), "--calib-limit", "4",
+                 "--out", str(out), "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["size_mb"] <= r["budget_mb"] and r["method"] == "quarot"
+    saved = json.loads((out / "allocation.json").read_text())
+    specs = [s for s in saved["plan"]["layers"].values() if s != "keep"]
+    assert len({s["bits"] for s in specs}) > 1 and all(s["act_bits"] == 8 for s in specs)
+    assert any(s.get("rotate") for s in specs) and saved["report"]["method"] == "quarot"
+    assert main(["eval", str(out), "--data", str(manifest), "--limit", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["size_mb"] == pytest.approx(r["size_mb"])
+
+
 def test_cli_budget_errors(tmp_path, capsys):
     src = _model_dir("whisper", tmp_path)
     manifest = _manifest(tmp_path)

@@ -360,3 +360,96 @@ def test_calibration_free_methods_run_without_audio():
         ad = get_adapter(model, proc)
         quantize(ad, with_activations(uniform_plan(model, 3, 32), 8), None, method, progress=False)
         assert all(s == KEEP or s["bits"] == 3 for s in current_plan(model)["layers"].values())
+
+
+# -- methods under a size budget (mixed precision plans from the allocator) --------------------------
+
+def _transform_buffer_bytes(model) -> dict[str, int]:
+    from quasr.nn import QuantConv1d, QuantLinear
+
+    out = {}
+    for n, m in model.named_modules():
+        if isinstance(m, (QuantLinear, QuantConv1d)):
+            bufs = [m.rotation_signs, m.rotation_left, m.rotation_right, m.input_mul, m.act_qparams]
+            out[n] = sum(b.numel() * b.element_size() for b in bufs if b is not None)
+    return out
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("method,act", [("rtn", None), ("rtn", (8, "tensor")), ("gptq", None), ("awq", (8, "token")),
+                                        ("smoothquant", (8, "tensor")), ("quarot", (4, "token")),
+                                        ("spinquant", (8, "tensor")), ("hqq", None), ("omniquant", None)])
+def test_every_method_meets_a_size_budget(family, method, act, calibrated):
+    """The allocator reserves the bytes a method stores beside each layer, so the quantized model fits
+    the budget; transform_bytes predicts those bytes exactly from the final plan."""
+    from quasr.mixed import quantize_to_budget
+    from quasr.plan import model_size_bytes, transform_bytes
+
+    model, proc = tiny_family(family)
+    waves = _waves()
+    act_bits, gran = act or (None, "token")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if method in ("omniquant", "spinquant"):
+            method = get_method(method, steps=3, clip="mse")
+        # the size of 3.5 bits on average, transforms included (on these tiny models they are large)
+        res = quantize_to_budget(model, proc, calibration=waves, average_bits=3.5, group_size=32, method=method,
+                                 act_bits=act_bits, act_granularity=gran, batch_size=2)
+    size = model_size_bytes(model)
+    assert size <= res.allocation.size_bytes <= res.allocation.budget_bytes
+    assert len(set(res.allocation.bits.values())) > 1  # a mixed plan, not uniform
+    if res.settings["method"] in ("rtn", "quarot", "spinquant", "gptq", "hqq"):  # transforms always stored: exact
+        assert size == res.allocation.size_bytes
+    got = current_plan(model)["layers"]
+    assert got == res.plan["layers"]  # the returned plan is the model's, transforms included
+    for name, bits in res.allocation.bits.items():
+        assert got[name]["bits"] == bits and got[name].get("act_bits") == act_bits
+    buffers = _transform_buffer_bytes(model)
+    for name, spec in got.items():
+        if spec != KEEP:
+            assert transform_bytes(spec, model.get_submodule(name).packed_in_features) == buffers[name], name
+    if res.settings["method"] in ("quarot", "spinquant"):
+        assert any(s != KEEP and s.get("rotate") for s in got.values())
+
+
+def test_a_budget_that_only_fits_without_transforms_is_refused():
+    from quasr.allocate import MB, BudgetError, SizeModel
+    from quasr.mixed import quantize_to_budget
+
+    model, proc = tiny_family("whisper")
+    smallest_rtn = SizeModel(model, group_size=32).uniform_bytes(2) / MB
+    quantize_to_budget(model, proc, smallest_rtn, allocation="uniform", group_size=32, method="rtn", apply=False)
+    with pytest.raises(BudgetError, match="of the method's transforms"):
+        quantize_to_budget(model, proc, smallest_rtn, allocation="uniform", group_size=32, method="quarot",
+                           apply=False)
+    with pytest.raises(ValueError, match="gptq with these activation settings needs calibration audio"):
+        quantize_to_budget(model, proc, average_bits=4, allocation="uniform", group_size=32, method="gptq")
+
+
+@pytest.mark.parametrize("method", ["rtn", "quarot"])
+def test_grouped_conv_static_range_covers_what_its_kernel_quantizes(method, calibrated):
+    """Wav2Vec2's positional conv is grouped: its static activation range comes from every group's
+    unfolded rows, rotated as the kernel rotates them (computed here directly from the float model)."""
+    from quasr.methods.pipeline import grouped_conv_rows, rotation_for
+    from quasr.ranges import activation_range
+
+    model, proc = tiny_family("wav2vec2")
+    ad = get_adapter(model, proc)
+    name = "wav2vec2.encoder.pos_conv_embed.conv"
+    conv = model.get_submodule(name)
+    k = conv.in_channels // conv.groups * conv.kernel_size[0]
+    seen = []
+    handle = conv.register_forward_hook(lambda m, args, out: seen.append(args[0].detach().clone()))
+    with torch.no_grad():
+        for b in calibrated["wav2vec2"]:
+            ad.forward_logits(b)
+    handle.remove()
+    rows = torch.cat([r for x in seen for r in grouped_conv_rows(conv, x)])
+    if method == "quarot":
+        rows = rotation_for(name, k).apply(rows)
+    want = activation_range(rows, 8, False, "minmax")
+    plan = {"layers": {name: {"bits": 4, "group_size": 32, "act_bits": 8, "act_granularity": "tensor"}}}
+    quantize(ad, plan, calibrated["wav2vec2"], get_method(method, act_range="minmax"), progress=False)
+    q = model.get_submodule(name)
+    assert (q.rotation_signs is not None) == (method == "quarot")
+    assert torch.allclose(q.act_qparams, torch.tensor(want, dtype=torch.float32).flatten(), rtol=1e-5, atol=1e-6)

@@ -59,11 +59,13 @@ class SizeModel:
     """Predicts the shipped size of `model` for per-layer bits, without quantizing anything.
 
     `layers` (default: every float Linear/Conv1d) are the ones to allocate; the rest of the model,
-    including layers in `keep`, is a fixed float part.
+    including layers in `keep`, is a fixed float part. `overhead` adds bytes to a layer whenever it is
+    quantized (the transforms a PTQ method stores beside it: methods.transform_overhead).
     """
 
     def __init__(self, model: nn.Module, layers: list[str] | None = None, group_size: int | None = 128,
-                 symmetric: bool = False, keep: tuple[str, ...] | list[str] = ()):
+                 symmetric: bool = False, keep: tuple[str, ...] | list[str] = (),
+                 overhead: dict[str, int] | None = None):
         import fnmatch
 
         resolve_group_size(group_size, 32)
@@ -90,6 +92,7 @@ class SizeModel:
             self.layers[n] = cost
             removable += cost.float_bytes()
         self.fixed_bytes = model_size_bytes(model) - removable
+        self.overhead = {n: int((overhead or {}).get(n, 0)) for n in self.layers}
 
     @property
     def names(self) -> list[str]:
@@ -97,7 +100,9 @@ class SizeModel:
 
     def layer_bytes(self, name: str, bits: int | str) -> int:
         c = self.layers[name]
-        return c.float_bytes() if bits == KEEP else c.packed_bytes(bits, self.group_size, self.symmetric)
+        if bits == KEEP:
+            return c.float_bytes()
+        return c.packed_bytes(bits, self.group_size, self.symmetric) + self.overhead[name]
 
     def size_bytes(self, bits: dict[str, int | str]) -> int:
         return self.fixed_bytes + sum(self.layer_bytes(n, bits[n]) for n in self.layers)
@@ -131,7 +136,9 @@ class SizeModel:
             raise BudgetError(
                 f"budget {budget_bytes / MB:.3f} MB is below the smallest this model can be: "
                 f"{smallest / MB:.3f} MB ({min_bits} bits in all {len(self.layers)} quantized layers, group size "
-                f"{self.group_size}, plus {self.fixed_bytes / MB:.3f} MB of float parts). Raise the budget, or "
+                f"{self.group_size}, plus {self.fixed_bytes / MB:.3f} MB of float parts"
+                + (f" and {sum(self.overhead.values()) / MB:.3f} MB of the method's transforms" if any(self.overhead.values()) else "")
+                + "). Raise the budget, or "
                 f"quantize layers kept in float")
 
 

@@ -116,7 +116,9 @@ def _quantize_to_budget(model, processor, args):
         calib = [c.waveform() for c in clips]
     return quantize_to_budget(model, processor, args.budget_mb, calib, args.allocation, args.sensitivity, args.error,
                               args.clip, args.group_size, args.symmetric, tuple(args.keep), args.calib_language,
-                              args.batch_size, args.avg_bits, args.seed, progress=sys.stderr.isatty())
+                              args.batch_size, args.avg_bits, args.seed, progress=sys.stderr.isatty(),
+                              method=args.method, act_bits=args.act_bits, act_granularity=args.act_granularity,
+                              act_symmetric=args.act_symmetric)
 
 
 def _summary(label: str, r: dict) -> str:
@@ -135,9 +137,6 @@ def cmd_quantize(args) -> int:
     _apply_config(args)
     mixed = args.budget_mb is not None or args.avg_bits is not None
     if mixed:
-        if args.method != "rtn" or args.act_bits != 16:
-            raise ValueError("--budget-mb/--avg-bits quantize with RTN and calibrated clipping; combine a budget plan "
-                             "with other methods or activation bits through the Python API (quasr.methods.quantize)")
         result = _quantize_to_budget(model, processor, args)
     else:
         _quantize(model, processor, args)

@@ -95,7 +95,9 @@ def quantize_to_budget(model, processor, budget_mb: float | None = None, calibra
                        clip: str | None = None, group_size: int | None = 128, symmetric: bool = False,
                        keep: tuple[str, ...] = (), language: str | None = None, batch_size: int = 8,
                        average_bits: float | None = None, seed: int = 0, progress: bool = False,
-                       apply: bool = True, calibrator: Calibrator | None = None) -> MixedPrecisionResult:
+                       apply: bool = True, calibrator: Calibrator | None = None, method="rtn",
+                       act_bits: int | None = None, act_granularity: str = "token",
+                       act_symmetric: bool = False) -> MixedPrecisionResult:
     """Choose per-layer bits (2-8) so the model fits `budget_mb` (or the size of `average_bits`),
     then quantize it in place (unless apply=False).
 
@@ -103,7 +105,15 @@ def quantize_to_budget(model, processor, budget_mb: float | None = None, calibra
     measurements) drives the sensitivity scores (myqasr/reversed), the error estimates (optimal) and,
     with clip="hessian" (the default when calibration is given), the weight clipping. `uniform` and
     `shuffled` need no audio; without audio the clipping is MSE.
+
+    `method` (a name from quasr.methods.METHODS or a Method) quantizes the allocated plan, with
+    activation fake-quant when `act_bits` is given. The bytes a method stores beside each layer
+    (rotations, input multiplies, static ranges) are reserved in the budget before bits are chosen, so
+    the result fits whatever the method does; with plain RTN the predicted size is exact.
     """
+    from .methods import Method, get_method, quantize, with_activations
+    from .methods.pipeline import transform_overhead
+
     if (budget_mb is None) == (average_bits is None):
         raise ValueError("give exactly one of budget_mb and average_bits")
     if sensitivity not in SCORES:
@@ -113,14 +123,21 @@ def quantize_to_budget(model, processor, budget_mb: float | None = None, calibra
     adapter = get_adapter(model, processor)
     order = adapter.layer_order()
     blocks = {n: b.kind for b in adapter.blocks() for n in b.layers}
-    sm = SizeModel(model, order, group_size, symmetric, keep)
+    has_audio = calibrator is not None or bool(calibration)
+    clip = clip or ("hessian" if has_audio else "mse")
+    if not isinstance(method, Method):
+        method = get_method(method, clip=clip)
+    act_spec = with_activations({"layers": {"_": {}}}, act_bits, act_granularity, act_symmetric)["layers"]["_"]
+    plain_rtn = method.name == "rtn" and not act_spec
+    if not plain_rtn and apply and not has_audio and (method.needs_calibration or act_granularity == "tensor"):
+        raise ValueError(f"{method.name} with these activation settings needs calibration audio (--calib DATA)")
+    overhead = None if plain_rtn else transform_overhead(model, method, act_spec, order)
+    sm = SizeModel(model, order, group_size, symmetric, keep, overhead)
     budget = budget_mb * MB if budget_mb is not None else sm.budget_for_average_bits(average_bits)
     sm.check_budget(budget)
-    has_audio = calibrator is not None or bool(calibration)
     if allocation in ("myqasr", "reversed", "optimal") and not has_audio:
         raise ValueError(f"the {allocation} allocation needs calibration audio (--calib); "
                          f"uniform and shuffled work without it")
-    clip = clip or ("hessian" if has_audio else "mse")
     if clip == "hessian" and not has_audio:
         raise ValueError("hessian clipping needs calibration audio; use clip='mse' or 'minmax' without it")
     if has_audio and calibrator is None:
@@ -137,14 +154,22 @@ def quantize_to_budget(model, processor, budget_mb: float | None = None, calibra
     plan = sm.plan(alloc.bits)
     settings = {"sensitivity": sensitivity if allocation in ("myqasr", "reversed") else None,
                 "error": error if allocation == "optimal" else None, "clip": clip,
-                "group_size": group_size, "symmetric": symmetric}
+                "group_size": group_size, "symmetric": symmetric, "method": method.name,
+                "act_bits": act_spec.get("act_bits"), "act_granularity": act_spec.get("act_granularity")}
     result = MixedPrecisionResult(alloc, plan, scores, errors, order, blocks,
                                   calibrator.n_clips if calibrator else 0, settings)
     if apply:
-        importance = calibrator.stats.input_moments() if clip == "hessian" else None
-        swap(model, plan, rtn_quantizer(clip, importance), progress=progress)
+        if plain_rtn:
+            importance = calibrator.stats.input_moments() if clip == "hessian" else None
+            swap(model, plan, rtn_quantizer(clip, importance), progress=progress)
+        else:
+            full = with_activations(plan, act_bits, act_granularity, act_symmetric)
+            batches = calibrator.batches if calibrator is not None else None  # the same clips, prepared once
+            _, result.plan = quantize(adapter, full, batches, method, batch_size, language, progress)
         actual = model_size_bytes(model)
-        if actual != alloc.size_bytes:  # the size model must be exact: a mismatch is a bug, not noise
+        # the size model is exact for RTN and an upper bound with a method's transforms: a model over
+        # its prediction is a bug, not noise
+        if actual > alloc.size_bytes or (plain_rtn and actual != alloc.size_bytes):
             raise RuntimeError(f"predicted {alloc.size_bytes} bytes but the quantized model has {actual}")
     return result
 

@@ -278,6 +278,27 @@ def current_plan(model: nn.Module) -> dict:
     return {"layers": layers}
 
 
+def transform_bytes(spec: dict | str, in_features: int) -> int:
+    """Bytes the input transforms of a layer spec add beside its packed weight (the buffers
+    nn._Packed.set_transforms allocates): rotation signs (int8), learned Kronecker factors (fp32),
+    the per-channel input multiply (fp32) and static activation ranges (two fp32)."""
+    if spec == KEEP:
+        return 0
+    total = 0
+    if spec.get("rotate"):
+        total += in_features
+        if spec["rotate"] == "learned":
+            from .rotation import rotation_factors
+
+            a, b = rotation_factors(in_features)
+            total += 4 * (a * a + b * b)
+    if spec.get("smooth"):
+        total += 4 * in_features
+    if spec.get("act_bits") and spec.get("act_granularity") == "tensor":
+        total += 8
+    return total
+
+
 def model_size_bytes(model: nn.Module) -> int:
     """Bytes of everything that ships: packed weights, scales/zeros, and every float tensor left,
     each shared tensor counted once."""

@@ -46,6 +46,16 @@ def layer_input_rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
     return cols.permute(0, 2, 1, 3).reshape(-1, cols.shape[1] * cols.shape[3])
 
 
+def grouped_conv_rows(module: nn.Conv1d, x: torch.Tensor):
+    """The unfolded input rows [B*T_out, Cin/groups*k] of each group of a grouped Conv1d, one group
+    at a time (QuantConv1d's GEMM inputs)."""
+    if module.padding[0]:
+        x = F.pad(x, (module.padding[0], module.padding[0]))
+    for xg in x.chunk(module.groups, dim=1):
+        cols = xg.unfold(2, module.kernel_size[0], module.stride[0])  # [B, Cin/groups, T, k]
+        yield cols.permute(0, 2, 1, 3).reshape(-1, cols.shape[1] * cols.shape[3])
+
+
 @dataclass
 class LayerInputs:
     """Statistics of one layer's GEMM inputs over the calibration audio (after the layer's rotation,
@@ -61,6 +71,8 @@ class LayerInputs:
     xtx: torch.Tensor | None = None
     abs_max: torch.Tensor | None = None
     abs_sum: torch.Tensor | None = None
+    col_min: torch.Tensor | None = None  # per-channel extremes of every row seen (the sample may miss them)
+    col_max: torch.Tensor | None = None
     samples: torch.Tensor | None = None
     range_only: bool = False  # a grouped conv's input values: good for activation ranges only
     _keys: torch.Tensor | None = field(default=None, repr=False)
@@ -74,6 +86,9 @@ class LayerInputs:
         amax, asum = a.amax(0), a.sum(0)
         self.abs_max = amax if self.abs_max is None else torch.maximum(self.abs_max, amax)
         self.abs_sum = asum if self.abs_sum is None else self.abs_sum + asum
+        lo, hi = x.amin(0), x.amax(0)
+        self.col_min = lo if self.col_min is None else torch.minimum(self.col_min, lo)
+        self.col_max = hi if self.col_max is None else torch.maximum(self.col_max, hi)
         if self.need_hessian:
             xd = x.double()
             self.xtx = xd.T @ xd if self.xtx is None else self.xtx + xd.T @ xd
@@ -86,6 +101,11 @@ class LayerInputs:
             keep = pool_keys.topk(self.max_samples).indices
             pool, pool_keys = pool[keep], pool_keys[keep]
         self.samples, self._keys = pool, pool_keys
+
+    def range_samples(self) -> torch.Tensor:
+        """The row sample plus two rows of per-channel extremes: what a static activation range is
+        searched on, so that its min/max are those of every row seen, not of the sample."""
+        return torch.cat([self.samples, self.col_min[None], self.col_max[None]])
 
     def hessian(self) -> torch.Tensor:
         """H = 2 X^T X / n, GPTQ's layer-wise Hessian."""
@@ -203,11 +223,13 @@ def capture_block_inputs(adapter: ModelAdapter, batches: list[CalibrationBatch],
                 if name in rotations:
                     rows = rotations[name].apply(rows)
                 stats[name].add(rows)
-            elif name not in rotations:
-                # a grouped conv: no per-layer GEMM statistics, but its input values still give a
-                # static activation range (the unfolded columns hold the same values)
-                stats[name].range_only = True
-                stats[name].add(args[0].transpose(1, 2).reshape(-1, args[0].shape[1]))
+            else:
+                # a grouped conv: no per-layer GEMM statistics (each group has its own weights), but
+                # the rows every group's GEMM sees, rotated as the kernel rotates them, give the
+                # values its activation fake-quant meets: good for a static range
+                stats[name].range_only, stats[name].need_hessian = True, False
+                for group_rows in grouped_conv_rows(module, args[0]):
+                    stats[name].add(rotations[name].apply(group_rows) if name in rotations else group_rows)
             if name == last:
                 raise _StopForward
 
@@ -239,6 +261,7 @@ class Method:
     name = "method"
     needs_calibration = True
     needs_hessian = False
+    may_smooth = False  # whether quantize_layer may return an input_mul (a stored per-channel multiply)
     max_samples = 2048
 
     def __init__(self, clip: str = "mse", act_range: str = "mse", **options):
@@ -263,6 +286,16 @@ class Method:
     def adjust_spec(self, name: str, module: nn.Module, spec: dict, tied: bool) -> dict:
         return spec
 
+    def planned_spec(self, name: str, module: nn.Module, spec: dict, tied: bool) -> dict:
+        """The largest spec this method can turn `spec` into (every transform it may add): what a size
+        budget has to reserve before the method runs."""
+        out = self.adjust_spec(name, module, dict(spec), tied)
+        if out.get("rotate") and _check_rotatable(flat_weight(module).shape[1], tied):
+            out.pop("rotate")
+        if self.may_smooth:
+            out["smooth"] = True
+        return out
+
     def quantize_block(self, jobs: list[LayerJob]) -> dict[str, LayerResult]:
         return {j.name: self.quantize_layer(j) for j in jobs}
 
@@ -283,6 +316,19 @@ def rotation_for(name: str, k: int) -> Rotation:
     from ..plan import default_rotation_signs
 
     return Rotation(default_rotation_signs(name, k))
+
+
+def transform_overhead(model: nn.Module, method: Method, spec: dict, names: list[str] | None = None) -> dict[str, int]:
+    """Bytes `method` may add beside each layer's packed weight (rotations, input multiplies, static
+    activation ranges) when the layer is quantized with `spec` (bits do not matter): an upper bound,
+    exact for rotations and static ranges; a scaling method may leave a layer unscaled."""
+    from ..plan import transform_bytes
+
+    layers = quantizable_layers(model)
+    tied = _tied_embeddings(model, layers)
+    names = list(layers) if names is None else names
+    return {n: transform_bytes(method.planned_spec(n, layers[n], dict(spec), bool(tied.get(n))),
+                               flat_weight(layers[n]).shape[1]) for n in names}
 
 
 def quantize_model(adapter: ModelAdapter, plan: dict, method: Method, batches: list[CalibrationBatch] | None,
@@ -352,8 +398,8 @@ def _quantize_block(adapter, block, final, method, batches, tied, cache) -> None
         if job.spec.get("act_granularity") == "tensor":
             if job.name not in stats:
                 raise ValueError(f"{job.name}: no calibration inputs reached this layer for its static activation range "
-                                 f"(a rotated grouped convolution has none): use act_granularity 'token' or keep it")
-            x = (res.inputs or stats[job.name]).samples
+                                 f"(the calibration audio never ran it): use act_granularity 'token' or keep it")
+            x = (res.inputs or stats[job.name]).range_samples()
             if res.input_mul is not None:
                 x = x * res.input_mul
             act_q = activation_range(x, job.spec["act_bits"], job.spec["act_symmetric"], method.act_range)

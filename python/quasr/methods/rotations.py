@@ -148,12 +148,13 @@ def _as_learned(rot: Rotation) -> Rotation:
 
 def _rotated_inputs(inputs: LayerInputs, ra: torch.Tensor, rb: torch.Tensor) -> LayerInputs:
     """The statistics of rows x P, P = ra kron rb, from those of x: X^T X -> P^T X^T X P exactly;
-    the per-channel |x| statistics from the rotated samples (scaled to the row count)."""
+    the per-channel statistics from the rotated samples (sums scaled to the row count)."""
     samples = kron_apply(inputs.samples, ra, rb)
     xtx = None
     if inputs.xtx is not None:
         p_d = (ra.double(), rb.double())
         xtx = kron_apply(kron_apply(inputs.xtx, *p_d).T.contiguous(), *p_d)
     a = samples.abs()
+    # the extremes of rotated rows are not those of the rows: the sample's stand in for them
     return LayerInputs(inputs.k, inputs.need_hessian, inputs.max_samples, inputs.seed, inputs.count, xtx,
-                       a.amax(0), a.mean(0) * inputs.count, samples)
+                       a.amax(0), a.mean(0) * inputs.count, samples.amin(0), samples.amax(0), samples)

@@ -43,6 +43,7 @@ class SmoothQuant(Method):
     outliers into the weights so that both quantize well at 8 bits; weights are then rounded (RTN)."""
 
     name = "smoothquant"
+    may_smooth = True
 
     @classmethod
     def options(cls):
@@ -63,6 +64,7 @@ class AWQ(Method):
     has it). alpha = 0 (no scaling) is on the grid, so AWQ is never worse than RTN on those samples."""
 
     name = "awq"
+    may_smooth = True
 
     @classmethod
     def options(cls):
@@ -117,6 +119,7 @@ class OmniQuant(Method):
     RTN's output error on the same samples (it falls back to RTN otherwise)."""
 
     name = "omniquant"
+    may_smooth = True
 
     @classmethod
     def options(cls):
