@@ -2,7 +2,9 @@
 
 `EfficiencyCounter` hooks every Linear/Conv1d and packed layer and, for each call (every encoder
 pass and every decoder step of the greedy generation that produced the transcripts), counts:
-  MACs         rows x K x N (rows: tokens, or output frames of a convolution)
+  MACs         rows x K x N (rows: tokens, or output frames of a convolution), plus the online
+               input rotation of QuaRot/SpinQuant layers: rows x K x (a + b) for the Kronecker
+               factors a x b = K (also reported alone as rotation MACs)
   BOPs         MACs x weight bits x activation bits (float weights and unquantized activations
                count as 16 bits: Edge-ASR's A16/fp16 deployment convention)
   weight bytes the layer's stored weight read once per call (packed codes + fp16 scales/zeros, or
@@ -22,6 +24,7 @@ import torch
 from torch import nn
 
 from .nn import QuantConv1d, QuantLinear
+from .rotation import rotation_factors
 
 FLOAT_BITS = 16
 
@@ -32,12 +35,14 @@ class Counts:
     bops: float = 0.0
     weight_bytes: float = 0.0
     act_bytes: float = 0.0
+    rotation_macs: float = 0.0  # part of macs (and of bops, at 16 x 16 bits)
 
     def per_second(self, audio_seconds: float) -> dict:
         s = max(audio_seconds, 1e-9)
         return {"gmacs_per_audio_s": self.macs / s / 1e9, "gbops_per_audio_s": self.bops / s / 1e9,
                 "weight_mb_per_audio_s": self.weight_bytes / s / 1e6, "act_mb_per_audio_s": self.act_bytes / s / 1e6,
-                "mem_io_mb_per_audio_s": (self.weight_bytes + self.act_bytes) / s / 1e6}
+                "mem_io_mb_per_audio_s": (self.weight_bytes + self.act_bytes) / s / 1e6,
+                "rotation_gmacs_per_audio_s": self.rotation_macs / s / 1e9}
 
 
 def _layer_profile(m: nn.Module) -> tuple[int, int, int, int, float]:
@@ -81,7 +86,16 @@ class EfficiencyCounter:
         c.macs += macs
         c.bops += macs * wb * ab
         c.weight_bytes += stored
-        c.act_bytes += rows * k * ab / 8 + rows * n * FLOAT_BITS / 8
+        groups = getattr(m, "groups", 1)  # a grouped conv's GEMM rows are rows x groups, K per group
+        c.act_bytes += rows * groups * k * ab / 8 + rows * n * FLOAT_BITS / 8
+        if getattr(m, "rotation_signs", None) is not None:
+            # the float activations are rotated before the kernel quantizes them: x -> (x . s)(L kron R)
+            a, b = rotation_factors(k)
+            rot = rows * groups * k * (a + b)
+            c.rotation_macs += rot
+            c.macs += rot
+            c.bops += rot * FLOAT_BITS * FLOAT_BITS
+            c.act_bytes += 2 * rows * groups * k * FLOAT_BITS / 8
 
     def __exit__(self, *exc):
         for h in self._handles:

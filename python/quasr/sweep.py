@@ -233,7 +233,7 @@ class Sweep:
         if not rows:
             return
         cols = ["model", "dataset", "method", "config", "wer", "n_clips", "size_mb", "gbops_per_audio_s",
-                "mem_io_mb_per_audio_s", "rtf", "quantize_seconds"]
+                "rotation_gmacs_per_audio_s", "mem_io_mb_per_audio_s", "rtf", "quantize_seconds"]
         order = {c.key: i for i, c in enumerate(self.cfg.cells())}
         rows.sort(key=lambda r: order.get(Cell(r["model"], r["method"], r["config"], r["dataset"]).key, 1 << 30))
         with (self.out / "table.csv").open("w", newline="") as f:
@@ -249,12 +249,18 @@ class Sweep:
             sub = [r for r in rows if r["model"] == model and r["dataset"] == dataset]
             n = max(r["n_clips"] for r in sub)
             lines += [f"### {model} on {dataset} ({n} clips)", "",
-                      "| method | config | WER % | size MB | GBOPs / s audio | memory I/O MB / s audio | RTF |",
-                      "|---|---|---:|---:|---:|---:|---:|"]
+                      "| method | config | WER % | size MB | GBOPs / s audio | of which rotation | "
+                      "memory I/O MB / s audio | RTF |",
+                      "|---|---|---:|---:|---:|---:|---:|---:|"]
             for r in sub:
                 wer = "n/a" if r.get("wer") is None else f"{r['wer']:.2f}"
+                rot = r.get("rotation_gmacs_per_audio_s")  # absent: a cell counted before rotations were
+                if rot is None:
+                    rot = "not counted" if r["method"] in ("quarot", "spinquant") else ""
+                else:
+                    rot = f"{rot * 256:.1f}" if rot else ""
                 lines.append(f"| {r['method']} | {r['config'] or 'fp32'} | {wer} | {r['size_mb']:.2f} | "
-                             f"{r['gbops_per_audio_s']:.1f} | {r['mem_io_mb_per_audio_s']:.1f} | {r['rtf']:.3f} |")
+                             f"{r['gbops_per_audio_s']:.1f} | {rot} | {r['mem_io_mb_per_audio_s']:.1f} | {r['rtf']:.3f} |")
             lines.append("")
         (self.out / "table.md").write_text("\n".join(lines))
 
