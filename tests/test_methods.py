@@ -453,3 +453,24 @@ def test_grouped_conv_static_range_covers_what_its_kernel_quantizes(method, cali
     q = model.get_submodule(name)
     assert (q.rotation_signs is not None) == (method == "quarot")
     assert torch.allclose(q.act_qparams, torch.tensor(want, dtype=torch.float32).flatten(), rtol=1e-5, atol=1e-6)
+
+
+def test_gptq_damps_harder_where_the_hessian_has_few_rows():
+    g = get_method("gptq")
+    assert g.damp_for(rows=4 * 384, k=384) == 0.01 and g.damp_for(rows=600, k=384) == 0.1
+    assert get_method("gptq", damp=0.05).damp_for(10, 384) == 0.05
+    assert get_method("quarot").damp_for(10, 384) == 0.1  # rotations round with GPTQ too
+    for bad in (0, 1.5, "high"):
+        with pytest.raises(ValueError, match="damp must be 'auto' or a fraction"):
+            get_method("gptq", damp=bad)
+    # auto is what runs: 4096 rows for K = 128 get 0.01, 300 of them get 0.1
+    from dataclasses import replace
+
+    job = _outlier_job(bits=3, group=32, n=48, k=128)
+    few = LayerInputs(128, need_hessian=True)
+    few.add(job.inputs.samples[:300])
+    for j, damp in ((job, 0.01), (replace(job, inputs=few), 0.1)):
+        auto = get_method("gptq").quantize_layer(j).weight
+        fixed = get_method("gptq", damp=damp).quantize_layer(j).weight
+        assert torch.equal(auto.packed, fixed.packed)
+        assert not torch.equal(auto.packed, get_method("gptq", damp=0.11 - damp).quantize_layer(j).weight.packed)
