@@ -49,6 +49,8 @@ def test_sweep_runs_resumes_and_renders(setup, tmp_path):
         assert r["n_clips"] == 2 and r["wer"] is not None
         if r["method"] != "float":
             assert r["n_calibration_clips"] == 3  # the 4 clips not evaluated, capped at 3
+    assert by[("gptq", "W8A8")]["method_options"] == {"clip": "hessian", "act_range": "mse", "act_order": True,
+                                                      "damp": "auto", "block_size": 128}
     # BOPs follow the bit widths: W4A16 is a quarter of float's, W8A8 a quarter too (8*8 vs 16*16)
     f = by[("float", "")]
     assert by[("rtn", "W4A16")]["gbops_per_audio_s"] < f["gbops_per_audio_s"] * 0.3

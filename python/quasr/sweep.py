@@ -167,6 +167,9 @@ def run_cell(cfg: SweepConfig, cell: Cell) -> dict:
         row.update(w_bits=bits, group_size=group, a_bits=act)
         plan = config_plan(model, cell.config, tuple(cfg.keep), cfg.act_granularity)
         method = get_method(cell.method, clip="hessian", **cfg.method_options.get(cell.method, {}))
+        # every setting the method ran with, defaults included: a row stays readable when defaults change
+        row["method_options"] = {"clip": method.clip, "act_range": method.act_range,
+                                 **{k: getattr(method, k) for k in method.options()}}
         adapter = get_adapter(model, processor)
         batches = _calibration_batches(cfg, cell, adapter, calib, dataset.get("language"))
         start = time.perf_counter()
