@@ -92,6 +92,14 @@ def test_budget_with_a_ptq_method_and_activation_bits_through_the_cli(tmp_path, 
     assert any(s.get("rotate") for s in specs) and saved["report"]["method"] == "quarot"
     assert main(["eval", str(out), "--data", str(manifest), "--limit", "2", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["size_mb"] == pytest.approx(r["size_mb"])
+    # a fractional --config width is the same thing: mixed precision to that average size
+    assert main(["quantize", str(src), "--config", "W3.5A8g32", "--method", "gptq", "--calib", str(manifest),
+                 "--calib-limit", "4", "--out", str(tmp_path / "q2"), "--json"]) == 0
+    r2 = json.loads(capsys.readouterr().out)
+    assert r2["size_mb"] <= r2["budget_mb"] and 3 <= r2["avg_bits"] <= 4
+    assert main(["quantize", str(src), "--config", "W3.5A8", "--budget-mb", "1", "--calib", str(manifest),
+                 "--out", str(tmp_path / "q3")]) == 2
+    assert "sets an average width" in capsys.readouterr().err
 
 
 def test_cli_budget_errors(tmp_path, capsys):

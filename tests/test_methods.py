@@ -322,7 +322,10 @@ def test_transformed_models_save_and_load(method, calibrated, tmp_path):
 def test_configs_parse():
     assert parse_config("W4A16") == (4, 128, 16) and parse_config("W8A8") == (8, -1, 8)
     assert parse_config("W3A8g64") == (3, 64, 8)
-    for bad in ("W9A16", "W4A3x", "W4A1", "4bit"):
+    assert parse_config("W3.5A16") == (3.5, 128, 16)  # mixed precision to that average size
+    with pytest.raises(ValueError, match="mixed-precision size, not a uniform plan"):
+        config_plan(tiny_family("whisper")[0], "W3.5A16")
+    for bad in ("W9A16", "W4A3x", "W4A1", "4bit", "W8.5A16", "W1.5A16", "W3.A8"):
         with pytest.raises(ValueError):
             parse_config(bad)
     model, _ = tiny_family("whisper")

@@ -67,6 +67,25 @@ def test_sweep_runs_resumes_and_renders(setup, tmp_path):
     assert len((out / "cells.jsonl").read_text().splitlines()) == 5
 
 
+@pytest.mark.filterwarnings("ignore")
+def test_fractional_widths_sweep_mixed_precision_with_the_method(setup, tmp_path):
+    from quasr.allocate import MB, SizeModel
+    from quasr.models import load_model
+
+    out = tmp_path / "mixed"
+    assert main(["sweep", str(_config(setup, methods=["awq", "quarot"], configs=["W3.5A8g32"], include_float=False)),
+                 "--out", str(out)]) == 0
+    rows = [json.loads(l) for l in (out / "cells.jsonl").read_text().splitlines()]
+    model, _ = load_model(str(setup / "tiny"))
+    sm = SizeModel(model, group_size=32)
+    assert sorted(r["method"] for r in rows) == ["awq", "quarot"]
+    for r in rows:
+        assert len(r["bits_histogram"]) > 1 and 3 <= r["avg_bits"] <= 4 and r["a_bits"] == 8
+        # between the uniform 3- and 4-bit RTN sizes (a method's transforms are reserved inside the budget)
+        assert sm.uniform_bytes(3) / MB < r["size_mb"] < sm.uniform_bytes(4) / MB
+    assert "| quarot | W3.5A8g32 |" in (out / "table.md").read_text()
+
+
 def test_sweep_on_local_ray(setup, tmp_path):
     pytest.importorskip("ray")
     import ray

@@ -44,7 +44,8 @@ def _add_quant_args(p: argparse.ArgumentParser) -> None:
                    help="PTQ method (default rtn); all but rtn/hqq need --calib audio")
     p.add_argument("--config", default=None, metavar="WxAy",
                    help="an Edge-ASR configuration (W8A16, W4A16, W3A16, W2A16, W8A8, W4A8, W4A4, or W<b>A<b>g<group>): "
-                        "sets --bits, --group-size and --act-bits")
+                        "sets --bits, --group-size and --act-bits; a fractional W (W3.5A8) sets --avg-bits instead "
+                        "(mixed precision, needs --calib)")
     p.add_argument("--act-bits", type=int, default=16, help="activation fake-quant bits at each quantized layer's input, "
                                                             "2-8 (default 16: none)")
     p.add_argument("--act-granularity", default="token", choices=["token", "tensor"],
@@ -73,7 +74,15 @@ def _apply_config(args) -> None:
     if getattr(args, "config", None):
         from .methods import parse_config
 
-        args.bits, args.group_size, args.act_bits = parse_config(args.config)
+        from .methods import is_mixed
+
+        bits, args.group_size, args.act_bits = parse_config(args.config)
+        if is_mixed(bits):  # W3.5A8: mixed precision to the size of 3.5 bits on average
+            if getattr(args, "budget_mb", None) is not None:
+                raise ValueError(f"--config {args.config} sets an average width; drop --budget-mb or use W<int>")
+            args.avg_bits = bits
+        else:
+            args.bits = bits
 
 
 def _calibration_waves(args):

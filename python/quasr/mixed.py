@@ -43,16 +43,23 @@ class Calibrator:
     and allocations: fixed batches, activation statistics, Fisher diagonal, scores, error tables.
     Built on the float model; the quantized copies it plans for must have the same layers."""
 
-    def __init__(self, model, processor, calibration: list[np.ndarray], language: str | None = None,
+    def __init__(self, model, processor, calibration: list, language: str | None = None,
                  batch_size: int = 8, group_size: int | None = 128, symmetric: bool = False,
                  layers: list[str] | None = None, progress: bool = False):
+        """`calibration`: 16 kHz waveforms, or CalibrationBatches already built on this float model."""
+        from .adapters.base import CalibrationBatch
+
         if not calibration:
             raise ValueError("calibration needs at least one clip")
         self.adapter = get_adapter(model, processor)
-        self.n_clips = len(calibration)
         self.group_size, self.symmetric, self.progress = group_size, symmetric, progress
         self.layers = layers or self.adapter.layer_order()
-        self.batches = self.adapter.calibration_batches(calibration, batch_size, language, progress)
+        if isinstance(calibration[0], CalibrationBatch):
+            self.batches = list(calibration)
+            self.n_clips = sum(len(b.texts) for b in self.batches)
+        else:
+            self.n_clips = len(calibration)
+            self.batches = self.adapter.calibration_batches(calibration, batch_size, language, progress)
         self._stats = self._fisher = None
         self._scores: dict = {}
         self._errors: dict = {}

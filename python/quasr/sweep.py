@@ -10,7 +10,9 @@ results still land in the same cells.jsonl on the driver.
 Config (YAML), every key but `models` optional:
     models: [whisper-tiny.en, moonshine-base]
     methods: [rtn, gptq, awq, hqq, smoothquant, omniquant, quarot, spinquant]
-    configs: [W8A16, W4A16, W3A16, W2A16, W8A8, W4A8, W4A4]
+    configs: [W8A16, W4A16, W3A16, W2A16, W8A8, W4A8, W4A4, W3.5A16]
+                                     # a fractional W: myQASR's mixed precision to that average
+                                     # size (calibration clips), then the method on that plan
     datasets:                        # default: the English prompts of ../shared/speech
       - {name: en, data: PATH_OR_hf:NAME:SPLIT, language: en, limit: 100}
     calibration: {data: ..., limit: 32, language: en}   # default: the dataset's own source
@@ -153,7 +155,7 @@ def run_cell(cfg: SweepConfig, cell: Cell) -> dict:
 
     from .adapters import get_adapter
     from .evaluate import evaluate
-    from .methods import config_plan, get_method, parse_config, quantize
+    from .methods import config_plan, get_method, is_mixed, parse_config, quantize
     from .models import load_model
 
     dataset = next(d for d in cfg.datasets if d["name"] == cell.dataset)
@@ -165,7 +167,6 @@ def run_cell(cfg: SweepConfig, cell: Cell) -> dict:
     if cell.method != "float":
         bits, group, act = parse_config(cell.config)
         row.update(w_bits=bits, group_size=group, a_bits=act)
-        plan = config_plan(model, cell.config, tuple(cfg.keep), cfg.act_granularity)
         method = get_method(cell.method, clip="hessian", **cfg.method_options.get(cell.method, {}))
         # every setting the method ran with, defaults included: a row stays readable when defaults change
         row["method_options"] = {"clip": method.clip, "act_range": method.act_range,
@@ -173,7 +174,18 @@ def run_cell(cfg: SweepConfig, cell: Cell) -> dict:
         adapter = get_adapter(model, processor)
         batches = _calibration_batches(cfg, cell, adapter, calib, dataset.get("language"))
         start = time.perf_counter()
-        quantize(adapter, plan, batches, method, progress=False)
+        if is_mixed(bits):  # myQASR's allocation to the size of `bits` on average, then the method
+            from .mixed import Calibrator, quantize_to_budget
+
+            g = None if group == -1 else group
+            res = quantize_to_budget(model, processor, average_bits=bits, allocation="myqasr", group_size=g,
+                                     keep=tuple(cfg.keep), method=method, act_bits=act,
+                                     act_granularity=cfg.act_granularity,
+                                     calibrator=Calibrator(model, processor, batches, group_size=g))
+            row["bits_histogram"] = res.allocation.summary()["bits_histogram"]
+        else:
+            plan = config_plan(model, cell.config, tuple(cfg.keep), cfg.act_granularity)
+            quantize(adapter, plan, batches, method, progress=False)
         row.update(quantize_seconds=time.perf_counter() - start, n_calibration_clips=len(calib))
     else:
         row.update(w_bits=32, group_size=None, a_bits=32)

@@ -60,20 +60,36 @@ def config_plan(model, config: str, keep: tuple[str, ...] = (), act_granularity:
     from ..plan import uniform_plan
 
     bits, group, act = parse_config(config)
+    if is_mixed(bits):
+        raise ValueError(f"{config}: a fractional weight width is a mixed-precision size, not a uniform plan; "
+                         f"use quasr.mixed.quantize_to_budget(average_bits={bits})")
     return with_activations(uniform_plan(model, bits, None if group == -1 else group, keep=keep), act, act_granularity)
 
 
-def parse_config(config: str) -> tuple[int, int, int]:
+def is_mixed(bits: float) -> bool:
+    """A configuration's weight width that is not an integer: mixed precision to that average size."""
+    return bits != int(bits)
+
+
+def parse_config(config: str) -> tuple[int | float, int, int]:
+    """(weight bits, group size (-1: per channel), activation bits (16: none)). A fractional weight
+    width, e.g. W3.5A16, means mixed precision (myQASR's allocation) to the size of that average."""
     import re
 
     if config in CONFIGS:
         return CONFIGS[config]
-    m = re.fullmatch(r"W(\d)A(\d+)(?:g(\d+|-1))?", config.replace(" ", ""))
+    m = re.fullmatch(r"W(\d(?:\.\d+)?)A(\d+)(?:g(\d+|-1))?", config.replace(" ", ""))
     if not m:
-        raise ValueError(f"bad config {config!r}: use one of {', '.join(CONFIGS)} or W<bits>A<bits>[g<group>]")
-    bits, act = int(m.group(1)), int(m.group(2))
+        raise ValueError(f"bad config {config!r}: use one of {', '.join(CONFIGS)} or W<bits>A<bits>[g<group>] "
+                         f"(a fractional W<bits>, e.g. W3.5A16, for mixed precision to that average size)")
+    bits = float(m.group(1)) if "." in m.group(1) else int(m.group(1))
+    act = int(m.group(2))
     group = int(m.group(3)) if m.group(3) else 128
-    check_bits(bits)
+    if is_mixed(bits):
+        if not 2 < bits < 8:
+            raise ValueError(f"bad config {config!r}: a mixed-precision average must be between 2 and 8 bits")
+    else:
+        check_bits(bits)
     if act != 16:
         check_bits(act)
     if group != -1:
@@ -97,4 +113,4 @@ def quantize(adapter: ModelAdapter, plan: dict, calibration=None, method: str | 
 
 
 __all__ = ["METHODS", "CONFIGS", "Method", "LayerInputs", "LayerJob", "LayerResult", "get_method", "quantize",
-           "with_activations", "config_plan", "parse_config"]
+           "with_activations", "config_plan", "parse_config", "is_mixed"]
