@@ -299,7 +299,7 @@ def test_fused_activation_fake_quant_in_kernel_matches_reference(kernel, bits):
             assert (got - want).abs().max() < tol, (kernel, bits, act, m)
 
 
-@pytest.mark.parametrize("method", ["quarot", "spinquant", "smoothquant", "awq"])
+@pytest.mark.parametrize("method", ["quarot", "spinquant", "smoothquant", "awq", "omniquant"])
 def test_transformed_models_save_and_load(method, calibrated, tmp_path):
     from quasr.serialize import load_quantized, save_quantized
 
@@ -309,7 +309,10 @@ def test_transformed_models_save_and_load(method, calibrated, tmp_path):
     plan = with_activations(uniform_plan(model, 4, 32), 8, "tensor")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        quantize(ad, plan, batches, method, progress=False, **({"steps": 5} if method == "spinquant" else {}))
+        quantize(ad, plan, batches, method, progress=False,
+                 **({"steps": 5} if method in ("spinquant", "omniquant") else {}))
+    if method == "omniquant":  # LET's shift under 8-bit activations, a bias created where there was none
+        assert any(s != KEEP and s.get("shift") for s in current_plan(model)["layers"].values())
     save_quantized(model, proc, tmp_path / "q")
     loaded, _ = load_quantized(tmp_path / "q")
     assert current_plan(loaded) == current_plan(model)
@@ -373,7 +376,7 @@ def _transform_buffer_bytes(model) -> dict[str, int]:
     out = {}
     for n, m in model.named_modules():
         if isinstance(m, (QuantLinear, QuantConv1d)):
-            bufs = [m.rotation_signs, m.rotation_left, m.rotation_right, m.input_mul, m.act_qparams]
+            bufs = [m.rotation_signs, m.rotation_left, m.rotation_right, m.input_mul, m.input_shift, m.act_qparams]
             out[n] = sum(b.numel() * b.element_size() for b in bufs if b is not None)
     return out
 
@@ -381,7 +384,8 @@ def _transform_buffer_bytes(model) -> dict[str, int]:
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("method,act", [("rtn", None), ("rtn", (8, "tensor")), ("gptq", None), ("awq", (8, "token")),
                                         ("smoothquant", (8, "tensor")), ("quarot", (4, "token")),
-                                        ("spinquant", (8, "tensor")), ("hqq", None), ("omniquant", None)])
+                                        ("spinquant", (8, "tensor")), ("hqq", None), ("omniquant", None),
+                                        ("omniquant", (8, "tensor"))])
 def test_every_method_meets_a_size_budget(family, method, act, calibrated):
     """The allocator reserves the bytes a method stores beside each layer, so the quantized model fits
     the budget; transform_bytes predicts those bytes exactly from the final plan."""
@@ -389,6 +393,7 @@ def test_every_method_meets_a_size_budget(family, method, act, calibrated):
     from quasr.plan import model_size_bytes, transform_bytes
 
     model, proc = tiny_family(family)
+    had_bias = {n: m.bias is not None for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv1d))}
     waves = _waves()
     act_bits, gran = act or (None, "token")
     with warnings.catch_warnings():
@@ -410,7 +415,10 @@ def test_every_method_meets_a_size_budget(family, method, act, calibrated):
     buffers = _transform_buffer_bytes(model)
     for name, spec in got.items():
         if spec != KEEP:
-            assert transform_bytes(spec, model.get_submodule(name).packed_in_features) == buffers[name], name
+            m = model.get_submodule(name)
+            created_bias = 0 if had_bias[name] else m.bias.numel() * 4 if m.bias is not None else 0
+            assert transform_bytes(spec, m.packed_in_features, m.packed.shape[0], had_bias[name]) == \
+                buffers[name] + created_bias, name
     if res.settings["method"] in ("quarot", "spinquant"):
         assert any(s != KEEP and s.get("rotate") for s in got.values())
 
@@ -477,3 +485,47 @@ def test_gptq_damps_harder_where_the_hessian_has_few_rows():
         fixed = get_method("gptq", damp=damp).quantize_layer(j).weight
         assert torch.equal(auto.packed, fixed.packed)
         assert not torch.equal(auto.packed, get_method("gptq", damp=0.11 - damp).quantize_layer(j).weight.packed)
+
+
+def test_input_shift_is_an_equivalent_transformation():
+    """(x - delta) through W s (+ b + W delta) is x through W: at 8 bits the swapped layer matches the
+    float one, with a bias created for a layer that had none; without the bias term it would not."""
+    from quasr.plan import LayerTransform, swap
+
+    torch.manual_seed(0)
+    for bias in (True, False):
+        model = nn.Sequential(nn.Linear(64, 32, bias=bias))
+        x = torch.randn(20, 64) + torch.linspace(-3, 3, 64)  # channels with offsets
+        with torch.no_grad():
+            want = model(x)
+        w0 = model[0].weight.detach().clone()
+        delta = torch.linspace(-3, 3, 64)
+        mul = torch.rand(64) + 0.5
+        tr = LayerTransform(input_mul=mul, input_shift=delta)
+        swap(model, {"layers": {"0": {"bits": 8, "group_size": 32, "smooth": True, "shift": True}}},
+             transforms={"0": tr}, progress=False)
+        q = model[0]
+        assert q.bias is not None and q.spec()["shift"] and "shifted" in repr(q)
+        with torch.no_grad():
+            got = model(x)
+            unshifted = got - delta @ w0.T  # what the layer would give without the bias term
+        assert (got - want).abs().max() < 0.02 * want.abs().max()
+        assert (unshifted - want).abs().max() > 0.2 * want.abs().max()
+
+
+def test_omniquant_shift_helps_activations_with_channel_offsets():
+    """LET's shift re-centres channels whose values sit far from 0, which per-token 4-bit
+    fake-quant otherwise spends its range on."""
+    job = _outlier_job(bits=4, group=32, act_bits=4)
+    job.inputs.samples[:, 8:24] += 6.0  # offset channels (the statistics below are rebuilt from these)
+    inputs = LayerInputs(job.inputs.k, need_hessian=False, max_samples=4096)
+    inputs.add(job.inputs.samples)
+    from dataclasses import replace
+
+    job = replace(job, inputs=inputs)
+    errs = {}
+    for shift in (False, True):
+        res = get_method("omniquant", steps=60, let_shift=shift).quantize_layer(job)
+        assert (res.input_shift is not None) == shift
+        errs[shift] = layer_output_error(job, res.weight, res.input_mul, res.input_shift)
+    assert errs[True] < 0.8 * errs[False], errs

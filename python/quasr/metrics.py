@@ -49,7 +49,7 @@ def _layer_profile(m: nn.Module) -> tuple[int, int, int, int, float]:
     """(K per output, N, weight bits, activation bits, stored bytes read per call)."""
     if isinstance(m, (QuantLinear, QuantConv1d)):
         k, n = m.packed_in_features, m.packed.shape[0]
-        stored = sum(t.numel() * t.element_size() for t in (m.packed, m.scales, m.zeros, m.bias, m.input_mul,
+        stored = sum(t.numel() * t.element_size() for t in (m.packed, m.scales, m.zeros, m.bias, m.input_mul, m.input_shift,
                                                             m.rotation_left, m.rotation_right) if t is not None)
         if m.rotation_signs is not None:
             stored += m.rotation_signs.numel()

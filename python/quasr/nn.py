@@ -17,9 +17,10 @@ class _Packed(nn.Module):
     """Buffers of one packed [out, in] weight (+ optional float32 bias), and the optional transforms
     of its input, in the order they run: an online rotation (`rotation_signs`, plus
     `rotation_left`/`rotation_right` when it was learned: the stored weight is W M, see
-    rotation.py), a per-channel multiply (`input_mul`: SmoothQuant/AWQ/OmniQuant scales; the
-    stored weight is W / input_mul), and activation fake-quant (`act_bits`, per token or per tensor
-    with calibrated `act_qparams` = (scale, zero)). The last two run fused in the kernel."""
+    rotation.py), a per-channel shift (`input_shift`: OmniQuant's LET shift delta, subtracted; the
+    bias holds b + W delta), a per-channel multiply (`input_mul`: SmoothQuant/AWQ/OmniQuant scales;
+    the stored weight is W / input_mul), and activation fake-quant (`act_bits`, per token or per
+    tensor with calibrated `act_qparams` = (scale, zero)). The last two run fused in the kernel."""
 
     def _init_packed(self, out_features, in_features, bits, group_size, symmetric, bias, device=None):
         g, padded = resolve_group_size(group_size, in_features)
@@ -35,16 +36,25 @@ class _Packed(nn.Module):
         self.register_buffer("rotation_signs", None)
         self.register_buffer("rotation_left", None)  # learned (SpinQuant) Kronecker factors of the rotation
         self.register_buffer("rotation_right", None)
+        self.register_buffer("input_shift", None)
         self.register_buffer("input_mul", None)
         self.register_buffer("act_qparams", None)
         self.act_bits, self.act_granularity, self.act_symmetric = 0, "token", False
         self._rotation = None
 
     def set_transforms(self, rotate: bool | str = False, smooth: bool = False, act: dict | None = None,
-                       device=None) -> None:
+                       device=None, shift: bool = False) -> None:
         """Allocate the transform buffers a spec asks for (filled by a PTQ method or a checkpoint);
-        rotate="learned" also allocates the learned rotation factors."""
+        rotate="learned" also allocates the learned rotation factors, shift a bias if there was none
+        (it absorbs W delta)."""
         k = self.packed_in_features
+        if shift:
+            if getattr(self, "groups", 1) != 1:
+                raise ValueError("an input shift on a grouped convolution is not supported (groups see different "
+                                 "channels)")
+            self.input_shift = torch.zeros(k, dtype=torch.float32, device=device)
+            if self.bias is None:
+                self.bias = torch.zeros(self.packed.shape[0], dtype=torch.float32, device=device)
         if rotate:
             self.rotation_signs = torch.ones(k, dtype=torch.int8, device=device)
         if rotate == "learned":
@@ -83,7 +93,10 @@ class _Packed(nn.Module):
         return self._rotation.apply(x).to(x.dtype)
 
     def _linear(self, x: torch.Tensor, pw: PackedWeight, bias) -> torch.Tensor:
-        return ops.qlinear(self.rotate_input(x), pw, bias, input_mul=self.input_mul, act=self.act_quant())
+        x = self.rotate_input(x)
+        if self.input_shift is not None:
+            x = x - self.input_shift.to(x.dtype)
+        return ops.qlinear(x, pw, bias, input_mul=self.input_mul, act=self.act_quant())
 
     def packed_weight(self) -> PackedWeight:
         return PackedWeight(self.packed, self.scales, self.zeros, self.bits, self.group_size, self.packed_in_features)
@@ -102,6 +115,8 @@ class _Packed(nn.Module):
             spec["rotate"] = "learned" if self.rotation_left is not None else True
         if self.input_mul is not None:
             spec["smooth"] = True
+        if self.input_shift is not None:
+            spec["shift"] = True
         return spec
 
     def dequantized_weight(self) -> torch.Tensor:
@@ -112,6 +127,7 @@ class _Packed(nn.Module):
         out = ""
         if self.rotation_signs is not None:
             out = ", rotated (learned)" if self.rotation_left is not None else ", rotated"
+        out += ", shifted" if self.input_shift is not None else ""
         out += ", smoothed" if self.input_mul is not None else ""
         if self.act_bits:
             out += f", act={self.act_bits}b/{self.act_granularity}{'/sym' if self.act_symmetric else ''}"

@@ -24,8 +24,10 @@ from .quantize import CLIP_METHODS, rtn_quantize
 KEEP = "keep"
 # bits/group_size/symmetric: the weight; act_*: activation fake-quant at the layer's input (16/absent:
 # none); rotate/smooth: the layer has an online rotation (true: randomised Hadamard; "learned":
-# SpinQuant's learned factors) / a per-channel input multiply (set by PTQ methods, see nn._Packed).
-SPEC_KEYS = {"bits", "group_size", "symmetric", "act_bits", "act_granularity", "act_symmetric", "rotate", "smooth"}
+# SpinQuant's learned factors) / a per-channel input multiply / a per-channel input shift (set by PTQ
+# methods, see nn._Packed).
+SPEC_KEYS = {"bits", "group_size", "symmetric", "act_bits", "act_granularity", "act_symmetric", "rotate", "smooth",
+             "shift"}
 
 
 def quantizable_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -60,6 +62,8 @@ def check_spec(name: str, spec) -> dict | str:
         out["rotate"] = spec["rotate"]
     if spec.get("smooth"):
         out["smooth"] = True
+    if spec.get("shift"):
+        out["shift"] = True
     return out
 
 
@@ -131,12 +135,15 @@ def rtn_quantizer(clip: str = "mse", importance: dict[str, torch.Tensor] | None 
 class LayerTransform:
     """A PTQ method's input transforms for one layer (see nn._Packed): rotation signs (int8 [K]),
     per-channel input multiplier (float32 [K]), static activation (scale, zero), and a learned
-    rotation's orthogonal Kronecker factors (left [a, a], right [b, b]; None: Hadamard)."""
+    rotation's orthogonal Kronecker factors (left [a, a], right [b, b]; None: Hadamard), and a
+    per-channel input shift delta (float32 [K], subtracted after the rotation; swap adds W delta to
+    the bias, W the float weight rotated but not scaled)."""
 
     rotation_signs: torch.Tensor | None = None
     input_mul: torch.Tensor | None = None
     act_qparams: tuple[float, float] | None = None
     learned_rotation: tuple[torch.Tensor, torch.Tensor] | None = None
+    input_shift: torch.Tensor | None = None
 
     def rotation(self):
         from .rotation import Rotation
@@ -196,6 +203,11 @@ def swap(model: nn.Module, plan: dict, quantizer: Quantizer | None = None,
             pw = quantizer(name, transformed_weight(flat_weight(module), tr), spec)
         new = QuantConv1d.from_float(module, pw) if isinstance(module, nn.Conv1d) else QuantLinear.from_float(module, pw)
         _apply_transform(new, spec, tr)
+        if spec.get("shift"):  # y = W (x - delta) + (b + W delta): the bias absorbs the shift
+            w = flat_weight(module).detach().to(torch.float32)
+            if tr.rotation_signs is not None:
+                w = tr.rotation().apply(w)
+            new.bias = new.bias + (w @ tr.input_shift.to(w.device, torch.float32)).cpu()
         _install(model, name, new.to(module.weight.device), tied.get(name, []))
     return model
 
@@ -207,6 +219,9 @@ def _layer_transform(name: str, module: nn.Module, spec: dict, tr: LayerTransfor
                          f"quantizing with spinquant)")
     if spec.get("rotate") and (tr is None or tr.rotation_signs is None):
         tr = LayerTransform(default_rotation_signs(name, k), tr.input_mul if tr else None, tr.act_qparams if tr else None)
+    if spec.get("shift") and (tr is None or tr.input_shift is None):
+        raise ValueError(f"{name}: the plan asks for an input shift but none was given (it comes from quantizing "
+                         f"with omniquant)")
     if spec.get("smooth") and (tr is None or tr.input_mul is None):
         raise ValueError(f"{name}: the plan asks for smoothing scales but none were given (they come from a PTQ "
                          f"method: smoothquant, awq or omniquant)")
@@ -214,18 +229,20 @@ def _layer_transform(name: str, module: nn.Module, spec: dict, tr: LayerTransfor
         raise ValueError(f"{name}: static (per-tensor) activation ranges need calibration: quantize with a method "
                          f"and calibration audio, or use act_granularity 'token'")
     if tr is not None:
-        for t, what in ((tr.rotation_signs, "rotation_signs"), (tr.input_mul, "input_mul")):
+        for t, what in ((tr.rotation_signs, "rotation_signs"), (tr.input_mul, "input_mul"), (tr.input_shift, "input_shift")):
             if t is not None and t.numel() != k:
                 raise ValueError(f"{name}: {what} has {t.numel()} entries, the layer has {k} inputs")
         if tr.rotation_signs is not None:
             tr.rotation()  # checks learned factors' shapes against the layer
-        if isinstance(module, nn.Conv1d) and module.groups > 1 and tr.input_mul is not None:
-            raise ValueError(f"{name}: smoothing a grouped convolution is not supported (groups see different channels)")
+        if isinstance(module, nn.Conv1d) and module.groups > 1 and (tr.input_mul is not None or tr.input_shift is not None):
+            raise ValueError(f"{name}: smoothing or shifting a grouped convolution is not supported (groups see "
+                             f"different channels)")
     return tr
 
 
 def _apply_transform(new: nn.Module, spec: dict, tr: LayerTransform | None) -> None:
-    new.set_transforms(rotate=spec.get("rotate", False), smooth=bool(spec.get("smooth")), act=spec, device="cpu")
+    new.set_transforms(rotate=spec.get("rotate", False), smooth=bool(spec.get("smooth")), act=spec, device="cpu",
+                       shift=bool(spec.get("shift")))
     if tr is None:
         return
     if spec.get("rotate"):
@@ -236,6 +253,8 @@ def _apply_transform(new: nn.Module, spec: dict, tr: LayerTransform | None) -> N
         new.rotation_right = right.detach().to(torch.float32).cpu().clone()
     if spec.get("smooth"):
         new.input_mul = tr.input_mul.to(torch.float32).cpu().clone()
+    if spec.get("shift"):
+        new.input_shift = tr.input_shift.to(torch.float32).cpu().clone()
     if spec.get("act_granularity") == "tensor":
         new.act_qparams = torch.tensor(tr.act_qparams, dtype=torch.float32)
 
@@ -263,7 +282,8 @@ def empty_swap(model: nn.Module, plan: dict) -> None:
             new = QuantConv1d(m.in_channels, m.out_channels, m.kernel_size[0], m.stride[0], m.padding[0], groups=m.groups, **kw)
         else:
             new = QuantLinear(m.in_features, m.out_features, **kw)
-        new.set_transforms(rotate=spec.get("rotate", False), smooth=bool(spec.get("smooth")), act=spec, device="meta")
+        new.set_transforms(rotate=spec.get("rotate", False), smooth=bool(spec.get("smooth")), act=spec, device="meta",
+                           shift=bool(spec.get("shift")))
         _install(model, name, new, tied.get(name, []))
 
 
@@ -278,10 +298,11 @@ def current_plan(model: nn.Module) -> dict:
     return {"layers": layers}
 
 
-def transform_bytes(spec: dict | str, in_features: int) -> int:
+def transform_bytes(spec: dict | str, in_features: int, out_features: int = 0, has_bias: bool = True) -> int:
     """Bytes the input transforms of a layer spec add beside its packed weight (the buffers
     nn._Packed.set_transforms allocates): rotation signs (int8), learned Kronecker factors (fp32),
-    the per-channel input multiply (fp32) and static activation ranges (two fp32)."""
+    the per-channel input shift and multiply (fp32), the bias a shift needs where the layer had
+    none (fp32 [out_features]) and static activation ranges (two fp32)."""
     if spec == KEEP:
         return 0
     total = 0
@@ -294,6 +315,8 @@ def transform_bytes(spec: dict | str, in_features: int) -> int:
             total += 4 * (a * a + b * b)
     if spec.get("smooth"):
         total += 4 * in_features
+    if spec.get("shift"):
+        total += 4 * in_features + (0 if has_bias else 4 * out_features)
     if spec.get("act_bits") and spec.get("act_granularity") == "tensor":
         total += 8
     return total

@@ -144,13 +144,15 @@ class LayerJob:
 @dataclass
 class LayerResult:
     """A method's answer for one layer: the packed (transformed) weight, the per-channel input
-    multiply if it scaled channels, and, if it changed the layer's rotation (SpinQuant), the new
-    rotation and the input statistics under it (for static activation ranges)."""
+    multiply if it scaled channels, the per-channel input shift if it shifted them (OmniQuant's
+    LET; the bias absorbs W delta at swap), and, if it changed the layer's rotation (SpinQuant), the
+    new rotation and the input statistics under it (for static activation ranges)."""
 
     weight: PackedWeight
     input_mul: torch.Tensor | None = None
     rotation: Rotation | None = None
     inputs: LayerInputs | None = None
+    input_shift: torch.Tensor | None = None
 
 
 class BlockOutputCache:
@@ -262,6 +264,7 @@ class Method:
     needs_calibration = True
     needs_hessian = False
     may_smooth = False  # whether quantize_layer may return an input_mul (a stored per-channel multiply)
+    may_shift = False  # whether it may return an input_shift (on layers whose activations it quantizes)
     max_samples = 2048
 
     def __init__(self, clip: str = "mse", act_range: str = "mse", **options):
@@ -294,6 +297,8 @@ class Method:
             out.pop("rotate")
         if self.may_smooth:
             out["smooth"] = True
+        if self.may_shift and out.get("act_bits") and not (isinstance(module, nn.Conv1d) and module.groups > 1):
+            out["shift"] = True
         return out
 
     def quantize_block(self, jobs: list[LayerJob]) -> dict[str, LayerResult]:
@@ -327,8 +332,12 @@ def transform_overhead(model: nn.Module, method: Method, spec: dict, names: list
     layers = quantizable_layers(model)
     tied = _tied_embeddings(model, layers)
     names = list(layers) if names is None else names
-    return {n: transform_bytes(method.planned_spec(n, layers[n], dict(spec), bool(tied.get(n))),
-                               flat_weight(layers[n]).shape[1]) for n in names}
+    out = {}
+    for n in names:
+        w = flat_weight(layers[n])
+        out[n] = transform_bytes(method.planned_spec(n, layers[n], dict(spec), bool(tied.get(n))), w.shape[1],
+                                 w.shape[0], layers[n].bias is not None)
+    return out
 
 
 def quantize_model(adapter: ModelAdapter, plan: dict, method: Method, batches: list[CalibrationBatch] | None,
@@ -392,19 +401,25 @@ def _quantize_block(adapter, block, final, method, batches, tied, cache) -> None
     for job in jobs:
         res = results[job.name]
         job.spec.pop("smooth", None)
+        job.spec.pop("shift", None)
         if res.input_mul is not None:
             job.spec["smooth"] = True
+        if res.input_shift is not None:
+            job.spec["shift"] = True
         act_q = None
         if job.spec.get("act_granularity") == "tensor":
             if job.name not in stats:
                 raise ValueError(f"{job.name}: no calibration inputs reached this layer for its static activation range "
                                  f"(the calibration audio never ran it): use act_granularity 'token' or keep it")
             x = (res.inputs or stats[job.name]).range_samples()
+            if res.input_shift is not None:
+                x = x - res.input_shift
             if res.input_mul is not None:
                 x = x * res.input_mul
             act_q = activation_range(x, job.spec["act_bits"], job.spec["act_symmetric"], method.act_range)
         rot = res.rotation or job.rotation
         transforms[job.name] = LayerTransform(rot.signs if rot else None, res.input_mul, act_q,
-                                              (rot.left, rot.right) if rot is not None and rot.learned else None)
+                                              (rot.left, rot.right) if rot is not None and rot.learned else None,
+                                              res.input_shift)
     swap(model, {"layers": {j.name: j.spec for j in jobs}}, weights={n: r.weight for n, r in results.items()},
          transforms=transforms, progress=False)

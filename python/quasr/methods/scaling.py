@@ -19,12 +19,18 @@ from .pipeline import LayerJob, LayerResult, Method
 from .weight_only import rtn_layer
 
 
-def layer_output_error(job: LayerJob, pw, input_mul: torch.Tensor | None) -> float:
+def layer_output_error(job: LayerJob, pw, input_mul: torch.Tensor | None,
+                       input_shift: torch.Tensor | None = None) -> float:
     """Mean squared error of the layer's output on the calibration samples: x W^T (float, bias
-    left out) against fq(x * input_mul) Q^T, fq the layer's activation quantizer."""
+    left out) against fq((x - shift) * input_mul) Q^T + shift W^T, fq the layer's activation
+    quantizer (the shift's W^T term is what the bias absorbs)."""
     x = job.inputs.samples
     y = x @ job.weight.T
-    yq = reference_input_transform(x, input_mul, job.act) @ dequantize(pw).to(x.device).T
+    if input_shift is None:
+        yq = reference_input_transform(x, input_mul, job.act) @ dequantize(pw).to(x.device).T
+    else:
+        yq = (reference_input_transform(x - input_shift, input_mul, job.act) @ dequantize(pw).to(x.device).T
+              + input_shift @ job.weight.T)
     return float(((y - yq) ** 2).mean())
 
 
@@ -104,26 +110,36 @@ def _fake_quant_ste(w: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bits: i
     return (q - zero) * scale
 
 
+def _grouped_conv(module) -> bool:
+    return isinstance(module, torch.nn.Conv1d) and module.groups > 1
+
+
 def _act_ste(x: torch.Tensor, act) -> torch.Tensor:
     return x if act is None else x + (reference_input_transform(x.detach(), None, act) - x).detach()
 
 
 class OmniQuant(Method):
     """OmniQuant (Shao et al. 2024): learnable weight clipping (LWC: each group's range is
-    sigmoid(gamma) * max, sigmoid(beta) * min) and a learnable equivalent transformation (LET: the
-    per-channel input scale s, initialised from SmoothQuant's), trained with Adam and straight-
-    through rounding to minimise the layer's output error on the calibration samples (weights and,
-    when the spec has them, activations fake-quantized). quasr trains layer by layer, inside the
-    blockwise pipeline (each block sees the quantized blocks before it), where the paper trains a
-    whole transformer block at once; LET's shift is not used. The result is kept only if it beats
-    RTN's output error on the same samples (it falls back to RTN otherwise)."""
+    sigmoid(gamma) * max, sigmoid(beta) * min) and a learnable equivalent transformation (LET:
+    x -> (x - delta) / s, W -> W s, b -> b + W delta, with the per-channel shift delta initialised at
+    the middle of each channel's range and the scale s from SmoothQuant's on the shifted inputs),
+    trained with Adam and straight-through rounding to minimise the layer's output error on the
+    calibration samples (weights and, when the spec has them, activations fake-quantized). The shift
+    only matters with activation quantization, so weight-only specs learn the scale alone. quasr
+    trains layer by layer, inside the blockwise pipeline (each block sees the quantized blocks before
+    it), where the paper trains a whole transformer block at once. The result is kept only if it
+    beats RTN's output error on the same samples (it falls back to RTN otherwise)."""
 
     name = "omniquant"
     may_smooth = True
 
     @classmethod
     def options(cls):
-        return {"steps": 100, "lr": 5e-3, "let": True, "let_alpha": 0.5}
+        return {"steps": 100, "lr": 5e-3, "let": True, "let_alpha": 0.5, "let_shift": True}
+
+    @property
+    def may_shift(self) -> bool:
+        return bool(self.let and self.let_shift)
 
     def quantize_layer(self, job):
         from ..format import PackedWeight, pack_codes, quantize_to_codes, resolve_group_size
@@ -137,22 +153,32 @@ class OmniQuant(Method):
         g, padded = resolve_group_size(spec["group_size"], k)
         y = x @ w.T
         let = self.let and not job.tied
+        # a shift re-centres what the activation quantizer sees: only with activation quantization
+        use_shift = let and self.let_shift and job.act is not None and not _grouped_conv(job.module)
+        shift = torch.zeros(k)
+        if use_shift:
+            shift = (job.inputs.col_max + job.inputs.col_min) / 2
         log_s = torch.zeros(k)
         if let:
             w_max = w.abs().amax(0).clamp(min=1e-5)
-            log_s = torch.log((job.inputs.abs_max.clamp(min=1e-5) ** self.let_alpha / w_max ** (1 - self.let_alpha)).clamp(min=1e-5))
+            x_max = (job.inputs.col_max - shift).abs().maximum((job.inputs.col_min - shift).abs())
+            log_s = torch.log((x_max.clamp(min=1e-5) ** self.let_alpha / w_max ** (1 - self.let_alpha)).clamp(min=1e-5))
         log_s = log_s.clone().requires_grad_(let)
+        shift = shift.clone().requires_grad_(use_shift)
         wg0, _ = _grouped(w * torch.exp(log_s.detach()), g, padded)
         gamma = torch.full(wg0.shape[:2], 4.0, requires_grad=True)
         beta = torch.full(wg0.shape[:2], 4.0, requires_grad=True)
-        opt = torch.optim.Adam([gamma, beta] + ([log_s] if let else []), lr=self.lr)
+        opt = torch.optim.Adam([gamma, beta] + ([log_s] if let else []) + ([shift] if use_shift else []), lr=self.lr)
         with torch.enable_grad():
             for _ in range(self.steps):
                 s = torch.exp(log_s)
                 wg, _ = _grouped(w * s, g, padded)
                 wq = _fake_quant_ste(wg, torch.sigmoid(beta) * wg.amin(-1), torch.sigmoid(gamma) * wg.amax(-1),
                                      spec["bits"], spec["symmetric"]).reshape(n, padded)[:, :k]
-                loss = ((y - _act_ste(x / s, job.act) @ wq.T) ** 2).mean()
+                y_hat = _act_ste((x - shift) / s, job.act) @ wq.T
+                if use_shift:
+                    y_hat = y_hat + shift @ w.T  # the bias absorbs W delta
+                loss = ((y - y_hat) ** 2).mean()
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -167,6 +193,7 @@ class OmniQuant(Method):
             pw = PackedWeight(pack_codes(quantize_to_codes(ws, scales16, zeros16, spec["bits"], g), spec["bits"]),
                               scales16, zeros16, spec["bits"], g, k)
             mul = 1.0 / s if let else None
-            if layer_output_error(job, pw, mul) >= layer_output_error(job, base, None):
+            delta = shift.detach().clone() if use_shift else None
+            if layer_output_error(job, pw, mul, delta) >= layer_output_error(job, base, None):
                 return LayerResult(base)
-        return LayerResult(pw, mul)
+        return LayerResult(pw, mul, input_shift=delta)
