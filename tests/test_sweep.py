@@ -55,8 +55,10 @@ def test_sweep_runs_resumes_and_renders(setup, tmp_path):
     f = by[("float", "")]
     assert by[("rtn", "W4A16")]["gbops_per_audio_s"] < f["gbops_per_audio_s"] * 0.3
     assert by[("rtn", "W4A16")]["size_mb"] < f["size_mb"]
-    for name in ("table.md", "table.csv", "wer_vs_size.png", "wer_vs_bops.png"):
+    for name in ("table.md", "table.csv", "wer_pivot.md", "wer_vs_size.png", "wer_vs_bops.png"):
         assert (out / name).stat().st_size > 0
+    pivot = (out / "wer_pivot.md").read_text()
+    assert "| config | rtn | gptq |" in pivot and f"| W8A8 | {by[('rtn', 'W8A8')]['wer']:.2f} |" in pivot
     assert "| gptq | W8A8 |" in (out / "table.md").read_text()
     # resume: nothing reruns; a removed cell is recomputed
     before = (out / "cells.jsonl").read_text()

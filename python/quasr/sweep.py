@@ -3,9 +3,10 @@
 Every cell (one model quantized by one method at one configuration, evaluated on one dataset) is
 appended to OUT/cells.jsonl as soon as it finishes; a rerun skips finished cells, so a sweep can be
 stopped and resumed, or grown by editing the config. After the cells run, OUT/table.md, table.csv,
-wer_vs_size.png and wer_vs_bops.png are rendered from every finished cell. With `--ray ADDRESS` the
-cells run as Ray tasks on a cluster (`pip install quasr[ray]`; "local" starts a local instance);
-results still land in the same cells.jsonl on the driver.
+wer_pivot.md (config x method), wer_vs_size.png and wer_vs_bops.png are rendered from every
+finished cell. With `--ray ADDRESS` the cells run as Ray tasks on a cluster (`pip install
+quasr[ray]`; "local" starts a local instance); results still land in the same cells.jsonl on the
+driver.
 
 Config (YAML), every key but `models` optional:
     models: [whisper-tiny.en, moonshine-base]
@@ -256,6 +257,7 @@ class Sweep:
             w.writeheader()
             w.writerows(rows)
         self._markdown(rows)
+        self._pivot(rows)
         self._plots(rows)
 
     def _markdown(self, rows: list[dict]) -> None:
@@ -278,6 +280,26 @@ class Sweep:
                              f"{r['gbops_per_audio_s']:.1f} | {rot} | {r['mem_io_mb_per_audio_s']:.1f} | {r['rtf']:.3f} |")
             lines.append("")
         (self.out / "table.md").write_text("\n".join(lines))
+
+    def _pivot(self, rows: list[dict]) -> None:
+        """wer_pivot.md: WER % per configuration (rows) x method (columns), Edge-ASR's layout; an
+        empty cell is one not run yet."""
+        lines = []
+        for (model, dataset) in dict.fromkeys((r["model"], r["dataset"]) for r in rows):
+            sub = [r for r in rows if r["model"] == model and r["dataset"] == dataset]
+            methods = list(dict.fromkeys(r["method"] for r in sub if r["method"] != "float"))
+            configs = list(dict.fromkeys(r["config"] for r in sub if r["method"] != "float"))
+            wer = {(r["method"], r["config"]): r.get("wer") for r in sub}
+            fp = next((r for r in sub if r["method"] == "float"), None)
+            n = max(r["n_clips"] for r in sub)
+            head = f"### {model} on {dataset} ({n} clips)" + (f", float {fp['wer']:.2f}" if fp and fp.get("wer") is not None else "")
+            lines += [head, "", "| config | " + " | ".join(methods) + " |", "|---|" + "---:|" * len(methods)]
+            for c in configs:
+                cells = [("" if (m, c) not in wer else "n/a" if wer[(m, c)] is None else f"{wer[(m, c)]:.2f}")
+                         for m in methods]
+                lines.append(f"| {c} | " + " | ".join(cells) + " |")
+            lines.append("")
+        (self.out / "wer_pivot.md").write_text("\n".join(lines))
 
     def _plots(self, rows: list[dict]) -> None:
         import matplotlib
