@@ -310,7 +310,8 @@ def test_transformed_models_save_and_load(method, calibrated, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         quantize(ad, plan, batches, method, progress=False,
-                 **({"steps": 5} if method in ("spinquant", "omniquant") else {}))
+                 **({"steps": 5} if method == "spinquant" else {"steps": 5, "let_shift": True} if method == "omniquant"
+                    else {}))
     if method == "omniquant":  # LET's shift under 8-bit activations, a bias created where there was none
         assert any(s != KEEP and s.get("shift") for s in current_plan(model)["layers"].values())
     save_quantized(model, proc, tmp_path / "q")
@@ -385,7 +386,7 @@ def _transform_buffer_bytes(model) -> dict[str, int]:
 @pytest.mark.parametrize("method,act", [("rtn", None), ("rtn", (8, "tensor")), ("gptq", None), ("awq", (8, "token")),
                                         ("smoothquant", (8, "tensor")), ("quarot", (4, "token")),
                                         ("spinquant", (8, "tensor")), ("hqq", None), ("omniquant", None),
-                                        ("omniquant", (8, "tensor"))])
+                                        ("omniquant-shift", (8, "tensor"))])
 def test_every_method_meets_a_size_budget(family, method, act, calibrated):
     """The allocator reserves the bytes a method stores beside each layer, so the quantized model fits
     the budget; transform_bytes predicts those bytes exactly from the final plan."""
@@ -398,7 +399,9 @@ def test_every_method_meets_a_size_budget(family, method, act, calibrated):
     act_bits, gran = act or (None, "token")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if method in ("omniquant", "spinquant"):
+        if method == "omniquant-shift":
+            method = get_method("omniquant", steps=3, clip="mse", let_shift=True)
+        elif method in ("omniquant", "spinquant"):
             method = get_method(method, steps=3, clip="mse")
         # the size of 3.5 bits on average, transforms included (on these tiny models they are large)
         res = quantize_to_budget(model, proc, calibration=waves, average_bits=3.5, group_size=32, method=method,
