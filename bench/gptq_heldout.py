@@ -2,20 +2,13 @@
 # calibration statistics from 16 English prompts, output error on 16 other prompts.
 # Run: HF_HUB_OFFLINE=1 python bench/gptq_heldout.py
 import torch
-from quasr.models import load_model
-from quasr.adapters import get_adapter
-from quasr.data import load_clips
+from heldout_batches import tiny_heldout
 from quasr.format import dequantize
 from quasr.methods import get_method
 from quasr.methods.pipeline import capture_block_inputs, LayerJob
 from quasr.methods.weight_only import rtn_layer
 from quasr.plan import flat_weight
-torch.set_num_threads(1)
-model, proc = load_model("whisper-tiny.en")
-ad = get_adapter(model, proc)
-clips = load_clips("../shared/speech/prompts/manifest.jsonl", "en", 80)
-cal = ad.calibration_batches([c.waveform() for c in clips[48:64]], 8, "en")
-held = ad.calibration_batches([c.waveform() for c in clips[64:80]], 8, "en")
+model, ad, cal, held = tiny_heldout()
 for bi in (2, 6, 8):
     blk = ad.blocks()[bi]
     mods = {n: model.get_submodule(n) for n in blk.layers if "fc" in n or "q_proj" in n}

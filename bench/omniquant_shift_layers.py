@@ -4,22 +4,14 @@
 # Run: HF_HUB_OFFLINE=1 python bench/omniquant_shift_layers.py 2 8
 import sys
 import torch
-from quasr.models import load_model
-from quasr.adapters import get_adapter
-from quasr.data import load_clips
+from heldout_batches import tiny_heldout
 from quasr.methods import get_method
 from quasr.methods.pipeline import capture_block_inputs, LayerJob
 from quasr.methods.scaling import layer_output_error
-from quasr.ops import ActQuant
 from quasr.plan import flat_weight
 from dataclasses import replace
 
-torch.set_num_threads(1)
-model, proc = load_model("whisper-tiny.en")
-ad = get_adapter(model, proc)
-clips = load_clips("../shared/speech/prompts/manifest.jsonl", "en", 80)
-cal = ad.calibration_batches([c.waveform() for c in clips[48:64]], 8, "en")
-held = ad.calibration_batches([c.waveform() for c in clips[64:80]], 8, "en")
+model, ad, cal, held = tiny_heldout()
 for bi in map(int, sys.argv[1:]):
     blk = ad.blocks()[bi]
     mods = {n: model.get_submodule(n) for n in blk.layers if "fc1" in n or "q_proj" in n or "fc2" in n}
