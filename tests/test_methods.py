@@ -372,6 +372,7 @@ def test_calibration_free_methods_run_without_audio():
 # -- methods under a size budget (mixed precision plans from the allocator) --------------------------
 
 def _transform_buffer_bytes(model) -> dict[str, int]:
+    """Bytes of every packed layer's transform buffers, counted from the tensors themselves."""
     from quasr.nn import QuantConv1d, QuantLinear
 
     out = {}

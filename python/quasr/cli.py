@@ -72,9 +72,7 @@ def _add_budget_args(p: argparse.ArgumentParser) -> None:
 
 def _apply_config(args) -> None:
     if getattr(args, "config", None):
-        from .methods import parse_config
-
-        from .methods import is_mixed
+        from .methods import is_mixed, parse_config
 
         bits, args.group_size, args.act_bits = parse_config(args.config)
         if is_mixed(bits):  # W3.5A8: mixed precision to the size of 3.5 bits on average

@@ -49,10 +49,8 @@ def _layer_profile(m: nn.Module) -> tuple[int, int, int, int, float]:
     """(K per output, N, weight bits, activation bits, stored bytes read per call)."""
     if isinstance(m, (QuantLinear, QuantConv1d)):
         k, n = m.packed_in_features, m.packed.shape[0]
-        stored = sum(t.numel() * t.element_size() for t in (m.packed, m.scales, m.zeros, m.bias, m.input_mul, m.input_shift,
-                                                            m.rotation_left, m.rotation_right) if t is not None)
-        if m.rotation_signs is not None:
-            stored += m.rotation_signs.numel()
+        stored = sum(t.numel() * t.element_size() for t in (m.packed, m.scales, m.zeros, m.bias) if t is not None)
+        stored += m.transform_bytes()
         return k, n, m.bits, m.act_bits or FLOAT_BITS, stored
     w = m.weight
     k, n = w[0].numel(), w.shape[0]

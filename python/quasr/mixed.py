@@ -118,7 +118,7 @@ def quantize_to_budget(model, processor, budget_mb: float | None = None, calibra
     (rotations, input multiplies, static ranges) are reserved in the budget before bits are chosen, so
     the result fits whatever the method does; with plain RTN the predicted size is exact.
     """
-    from .methods import Method, get_method, quantize, with_activations
+    from .methods import Method, activation_spec, get_method, quantize, with_activations
     from .methods.pipeline import transform_overhead
 
     if (budget_mb is None) == (average_bits is None):
@@ -134,7 +134,7 @@ def quantize_to_budget(model, processor, budget_mb: float | None = None, calibra
     clip = clip or ("hessian" if has_audio else "mse")
     if not isinstance(method, Method):
         method = get_method(method, clip=clip)
-    act_spec = with_activations({"layers": {"_": {}}}, act_bits, act_granularity, act_symmetric)["layers"]["_"]
+    act_spec = activation_spec(act_bits, act_granularity, act_symmetric)
     plain_rtn = method.name == "rtn" and not act_spec
     if not plain_rtn and apply and not has_audio and (method.needs_calibration or act_granularity == "tensor"):
         raise ValueError(f"{method.name} with these activation settings needs calibration audio (--calib DATA)")

@@ -22,6 +22,13 @@ class _Packed(nn.Module):
     the stored weight is W / input_mul), and activation fake-quant (`act_bits`, per token or per
     tensor with calibrated `act_qparams` = (scale, zero)). The last two run fused in the kernel."""
 
+    TRANSFORM_BUFFERS = ("rotation_signs", "rotation_left", "rotation_right", "input_shift", "input_mul", "act_qparams")
+
+    def transform_bytes(self) -> int:
+        """Bytes of the input-transform buffers this layer holds beside its packed weight."""
+        return sum(t.numel() * t.element_size() for t in (getattr(self, n) for n in self.TRANSFORM_BUFFERS)
+                   if t is not None)
+
     def _init_packed(self, out_features, in_features, bits, group_size, symmetric, bias, device=None):
         g, padded = resolve_group_size(group_size, in_features)
         self.bits, self.group_size, self.symmetric = bits, g, symmetric

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -103,6 +103,11 @@ def _tied_embeddings(model: nn.Module, linears: dict[str, nn.Module]) -> dict[st
         if isinstance(m, nn.Embedding) and id(m.weight) in by_id:
             tied.setdefault(by_id[id(m.weight)], []).append(n)
     return tied
+
+
+def is_grouped_conv(module: nn.Module) -> bool:
+    """A Conv1d whose groups each see their own input channels (no per-channel input transforms)."""
+    return isinstance(module, nn.Conv1d) and module.groups > 1
 
 
 def flat_weight(module: nn.Module) -> torch.Tensor:
@@ -203,10 +208,8 @@ def swap(model: nn.Module, plan: dict, quantizer: Quantizer | None = None,
             pw = quantizer(name, transformed_weight(flat_weight(module), tr), spec)
         new = QuantConv1d.from_float(module, pw) if isinstance(module, nn.Conv1d) else QuantLinear.from_float(module, pw)
         _apply_transform(new, spec, tr)
-        if spec.get("shift"):  # y = W (x - delta) + (b + W delta): the bias absorbs the shift
-            w = flat_weight(module).detach().to(torch.float32)
-            if tr.rotation_signs is not None:
-                w = tr.rotation().apply(w)
+        if spec.get("shift"):  # y = W M (x M - delta) + (b + W M delta): the bias absorbs the shift
+            w = transformed_weight(flat_weight(module).detach().float(), replace(tr, input_mul=None))
             new.bias = new.bias + (w @ tr.input_shift.to(w.device, torch.float32)).cpu()
         _install(model, name, new.to(module.weight.device), tied.get(name, []))
     return model
@@ -234,7 +237,7 @@ def _layer_transform(name: str, module: nn.Module, spec: dict, tr: LayerTransfor
                 raise ValueError(f"{name}: {what} has {t.numel()} entries, the layer has {k} inputs")
         if tr.rotation_signs is not None:
             tr.rotation()  # checks learned factors' shapes against the layer
-        if isinstance(module, nn.Conv1d) and module.groups > 1 and (tr.input_mul is not None or tr.input_shift is not None):
+        if is_grouped_conv(module) and (tr.input_mul is not None or tr.input_shift is not None):
             raise ValueError(f"{name}: smoothing or shifting a grouped convolution is not supported (groups see "
                              f"different channels)")
     return tr
@@ -298,28 +301,18 @@ def current_plan(model: nn.Module) -> dict:
     return {"layers": layers}
 
 
-def transform_bytes(spec: dict | str, in_features: int, out_features: int = 0, has_bias: bool = True) -> int:
-    """Bytes the input transforms of a layer spec add beside its packed weight (the buffers
-    nn._Packed.set_transforms allocates): rotation signs (int8), learned Kronecker factors (fp32),
-    the per-channel input shift and multiply (fp32), the bias a shift needs where the layer had
-    none (fp32 [out_features]) and static activation ranges (two fp32)."""
+def transform_bytes(spec: dict | str, in_features: int, out_features: int = 1, has_bias: bool = True) -> int:
+    """Bytes the input transforms of a layer spec add beside its packed weight: the buffers
+    nn._Packed.set_transforms allocates for it (measured on a meta-device module), plus the fp32
+    bias a shift creates where the layer had none."""
     if spec == KEEP:
         return 0
-    total = 0
-    if spec.get("rotate"):
-        total += in_features
-        if spec["rotate"] == "learned":
-            from .rotation import rotation_factors
-
-            a, b = rotation_factors(in_features)
-            total += 4 * (a * a + b * b)
-    if spec.get("smooth"):
-        total += 4 * in_features
-    if spec.get("shift"):
-        total += 4 * in_features + (0 if has_bias else 4 * out_features)
-    if spec.get("act_bits") and spec.get("act_granularity") == "tensor":
-        total += 8
-    return total
+    # the weight's bits and groups do not change the transforms: any valid ones will do
+    m = QuantLinear(in_features, out_features, 8, -1, bias=has_bias, device="meta")
+    m.set_transforms(rotate=spec.get("rotate", False), smooth=bool(spec.get("smooth")), act=spec, device="meta",
+                     shift=bool(spec.get("shift")))
+    created_bias = 0 if has_bias or m.bias is None else m.bias.numel() * m.bias.element_size()
+    return m.transform_bytes() + created_bias
 
 
 def model_size_bytes(model: nn.Module) -> int:

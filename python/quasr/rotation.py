@@ -75,7 +75,6 @@ def _is_power_of_two(n: int) -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-@functools.lru_cache(maxsize=None)
 def rotation_factors(k: int) -> tuple[int, int] | None:
     """(a, b) with a * b = k, Hadamard matrices of both orders buildable and a, b as balanced as
     possible (cost k*(a+b) per row); None if k has no buildable Hadamard order."""

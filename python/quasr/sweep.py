@@ -60,7 +60,7 @@ def _all_methods() -> list[str]:
 @dataclass
 class SweepConfig:
     models: list[str]
-    methods: list[str] = field(default_factory=lambda: list(_all_methods()))
+    methods: list[str] = field(default_factory=_all_methods)
     configs: list[str] = field(default_factory=lambda: ["W8A16", "W4A16", "W3A16", "W2A16", "W8A8", "W4A8", "W4A4"])
     datasets: list[dict] = field(default_factory=list)
     calibration: dict = field(default_factory=dict)
@@ -260,12 +260,19 @@ class Sweep:
         self._pivot(rows)
         self._plots(rows)
 
-    def _markdown(self, rows: list[dict]) -> None:
-        lines = []
+    @staticmethod
+    def _by_model_and_dataset(rows: list[dict]):
+        """(heading, rows) per model and dataset, in the rows' order."""
         for (model, dataset) in dict.fromkeys((r["model"], r["dataset"]) for r in rows):
             sub = [r for r in rows if r["model"] == model and r["dataset"] == dataset]
-            n = max(r["n_clips"] for r in sub)
-            lines += [f"### {model} on {dataset} ({n} clips)", "",
+            yield f"### {model} on {dataset} ({max(r['n_clips'] for r in sub)} clips)", sub
+
+    def _markdown(self, rows: list[dict]) -> None:
+        from .metrics import FLOAT_BITS
+
+        lines = []
+        for heading, sub in self._by_model_and_dataset(rows):
+            lines += [heading, "",
                       "| method | config | WER % | size MB | GBOPs / s audio | of which rotation | "
                       "memory I/O MB / s audio | RTF |",
                       "|---|---|---:|---:|---:|---:|---:|---:|"]
@@ -275,7 +282,7 @@ class Sweep:
                 if rot is None:
                     rot = "not counted" if r["method"] in ("quarot", "spinquant") else ""
                 else:
-                    rot = f"{rot * 256:.1f}" if rot else ""
+                    rot = f"{rot * FLOAT_BITS ** 2:.1f}" if rot else ""  # rotations run at 16 x 16 bits
                 lines.append(f"| {r['method']} | {r['config'] or 'fp32'} | {wer} | {r['size_mb']:.2f} | "
                              f"{r['gbops_per_audio_s']:.1f} | {rot} | {r['mem_io_mb_per_audio_s']:.1f} | {r['rtf']:.3f} |")
             lines.append("")
@@ -285,15 +292,14 @@ class Sweep:
         """wer_pivot.md: WER % per configuration (rows) x method (columns), Edge-ASR's layout; an
         empty cell is one not run yet."""
         lines = []
-        for (model, dataset) in dict.fromkeys((r["model"], r["dataset"]) for r in rows):
-            sub = [r for r in rows if r["model"] == model and r["dataset"] == dataset]
+        for heading, sub in self._by_model_and_dataset(rows):
             methods = list(dict.fromkeys(r["method"] for r in sub if r["method"] != "float"))
             configs = list(dict.fromkeys(r["config"] for r in sub if r["method"] != "float"))
             wer = {(r["method"], r["config"]): r.get("wer") for r in sub}
             fp = next((r for r in sub if r["method"] == "float"), None)
-            n = max(r["n_clips"] for r in sub)
-            head = f"### {model} on {dataset} ({n} clips)" + (f", float {fp['wer']:.2f}" if fp and fp.get("wer") is not None else "")
-            lines += [head, "", "| config | " + " | ".join(methods) + " |", "|---|" + "---:|" * len(methods)]
+            if fp and fp.get("wer") is not None:
+                heading += f", float {fp['wer']:.2f}"
+            lines += [heading, "", "| config | " + " | ".join(methods) + " |", "|---|" + "---:|" * len(methods)]
             for c in configs:
                 cells = [("" if (m, c) not in wer else "n/a" if wer[(m, c)] is None else f"{wer[(m, c)]:.2f}")
                          for m in methods]

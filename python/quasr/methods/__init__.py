@@ -42,17 +42,22 @@ def get_method(name: str, **options) -> Method:
     return METHODS[name](**options)
 
 
-def with_activations(plan: dict, act_bits: int | None, granularity: str = "token", symmetric: bool = False) -> dict:
-    """The plan with activation fake-quant at every quantized layer's input (act_bits None/16: none)."""
+def activation_spec(act_bits: int | None, granularity: str = "token", symmetric: bool = False) -> dict:
+    """The spec keys of activation fake-quant at a layer's input ({} for act_bits None/16: none)."""
     if act_bits in (None, 16):
-        return plan
+        return {}
     check_bits(act_bits)
     if granularity not in ACT_GRANULARITIES:
         raise ValueError(f"activation granularity must be one of {ACT_GRANULARITIES}, got {granularity!r}")
-    layers = {}
-    for n, s in plan["layers"].items():
-        layers[n] = s if s == KEEP else {**s, "act_bits": act_bits, "act_granularity": granularity, "act_symmetric": symmetric}
-    return {**plan, "layers": layers}
+    return {"act_bits": act_bits, "act_granularity": granularity, "act_symmetric": symmetric}
+
+
+def with_activations(plan: dict, act_bits: int | None, granularity: str = "token", symmetric: bool = False) -> dict:
+    """The plan with activation fake-quant at every quantized layer's input (act_bits None/16: none)."""
+    act = activation_spec(act_bits, granularity, symmetric)
+    if not act:
+        return plan
+    return {**plan, "layers": {n: s if s == KEEP else {**s, **act} for n, s in plan["layers"].items()}}
 
 
 def config_plan(model, config: str, keep: tuple[str, ...] = (), act_granularity: str = "token") -> dict:
@@ -113,4 +118,4 @@ def quantize(adapter: ModelAdapter, plan: dict, calibration=None, method: str | 
 
 
 __all__ = ["METHODS", "CONFIGS", "Method", "LayerInputs", "LayerJob", "LayerResult", "get_method", "quantize",
-           "with_activations", "config_plan", "parse_config", "is_mixed"]
+           "with_activations", "activation_spec", "config_plan", "parse_config", "is_mixed"]

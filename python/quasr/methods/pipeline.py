@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 from ..adapters.base import CalibrationBatch, ModelAdapter
 from ..format import PackedWeight
 from ..ops import ActQuant
-from ..plan import KEEP, LayerTransform, _tied_embeddings, flat_weight, quantizable_layers, swap, validate_plan
+from ..plan import (KEEP, LayerTransform, _tied_embeddings, flat_weight, is_grouped_conv, quantizable_layers, swap,
+                    transform_bytes, validate_plan)
 from ..ranges import ACTIVATION_RANGE_METHODS, activation_range
 from ..rotation import Rotation, rotation_factors
 
@@ -38,17 +39,14 @@ def layer_input_rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
     (each group sees different columns; methods fall back to RTN there)."""
     if isinstance(module, nn.Linear):
         return x.reshape(-1, x.shape[-1])
-    if module.groups != 1:
+    if is_grouped_conv(module):
         return None
-    if module.padding[0]:
-        x = F.pad(x, (module.padding[0], module.padding[0]))
-    cols = x.unfold(2, module.kernel_size[0], module.stride[0])  # [B, Cin, T, k]
-    return cols.permute(0, 2, 1, 3).reshape(-1, cols.shape[1] * cols.shape[3])
+    return next(grouped_conv_rows(module, x))
 
 
 def grouped_conv_rows(module: nn.Conv1d, x: torch.Tensor):
-    """The unfolded input rows [B*T_out, Cin/groups*k] of each group of a grouped Conv1d, one group
-    at a time (QuantConv1d's GEMM inputs)."""
+    """The unfolded input rows [B*T_out, Cin/groups*k] of each group of a Conv1d (one group for a
+    plain one), one group at a time (QuantConv1d's GEMM inputs)."""
     if module.padding[0]:
         x = F.pad(x, (module.padding[0], module.padding[0]))
     for xg in x.chunk(module.groups, dim=1):
@@ -297,7 +295,7 @@ class Method:
             out.pop("rotate")
         if self.may_smooth:
             out["smooth"] = True
-        if self.may_shift and out.get("act_bits") and not (isinstance(module, nn.Conv1d) and module.groups > 1):
+        if self.may_shift and out.get("act_bits") and not is_grouped_conv(module):
             out["shift"] = True
         return out
 
@@ -327,8 +325,6 @@ def transform_overhead(model: nn.Module, method: Method, spec: dict, names: list
     """Bytes `method` may add beside each layer's packed weight (rotations, input multiplies, static
     activation ranges) when the layer is quantized with `spec` (bits do not matter): an upper bound,
     exact for rotations and static ranges; a scaling method may leave a layer unscaled."""
-    from ..plan import transform_bytes
-
     layers = quantizable_layers(model)
     tied = _tied_embeddings(model, layers)
     names = list(layers) if names is None else names

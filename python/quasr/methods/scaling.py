@@ -15,6 +15,7 @@ import torch
 
 from ..format import dequantize
 from ..ops import reference_input_transform
+from ..plan import is_grouped_conv
 from .pipeline import LayerJob, LayerResult, Method
 from .weight_only import rtn_layer
 
@@ -110,10 +111,6 @@ def _fake_quant_ste(w: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bits: i
     return (q - zero) * scale
 
 
-def _grouped_conv(module) -> bool:
-    return isinstance(module, torch.nn.Conv1d) and module.groups > 1
-
-
 def _act_ste(x: torch.Tensor, act) -> torch.Tensor:
     return x if act is None else x + (reference_input_transform(x.detach(), None, act) - x).detach()
 
@@ -158,7 +155,7 @@ class OmniQuant(Method):
         y = x @ w.T
         let = self.let and not job.tied
         # a shift re-centres what the activation quantizer sees: only with activation quantization
-        use_shift = let and self.let_shift and job.act is not None and not _grouped_conv(job.module)
+        use_shift = let and self.let_shift and job.act is not None and not is_grouped_conv(job.module)
         shift = torch.zeros(k)
         if use_shift:
             shift = (job.inputs.col_max + job.inputs.col_min) / 2
