@@ -355,6 +355,8 @@ def test_bad_input_is_named(calibrated):
         from quasr.plan import swap
 
         swap(model, {"layers": {"model.encoder.layers.0.fc1": {"bits": 4, "group_size": 32, "smooth": True}}})
+    with pytest.raises(ValueError, match="input shift but none was given"):
+        swap(model, {"layers": {"model.encoder.layers.0.fc1": {"bits": 4, "group_size": 32, "shift": True}}})
     with pytest.raises(ValueError, match="learned rotation but none was given"):
         swap(model, {"layers": {"model.encoder.layers.0.fc1": {"bits": 4, "group_size": 32, "rotate": "learned"}}})
     with pytest.raises(ValueError, match="rotate must be true or"):
@@ -533,3 +535,33 @@ def test_omniquant_shift_helps_activations_with_channel_offsets():
         assert (res.input_shift is not None) == shift
         errs[shift] = layer_output_error(job, res.weight, res.input_mul, res.input_shift)
     assert errs[True] < 0.8 * errs[False], errs
+
+
+@pytest.mark.parametrize("bits", range(2, 9))
+def test_shifted_layer_matches_the_plain_torch_reference(bits):
+    """A layer with shift, smoothing and per-token activation fake-quant, on random shapes: the
+    kernel path equals reference_input_transform(x - delta) @ dequantized W^T + bias."""
+    from quasr.plan import LayerTransform, swap
+
+    g = torch.Generator().manual_seed(bits)
+    for _ in range(2):
+        k, n, m = (int(v) for v in torch.randint(1, 5, (3,), generator=g) * torch.tensor([32, 24, 3]))
+        model = nn.Sequential(nn.Linear(k, n, bias=bool(bits % 2)))
+        tr = LayerTransform(input_mul=torch.rand(k, generator=g) + 0.5, input_shift=torch.randn(k, generator=g))
+        spec = {"bits": bits, "group_size": 32, "smooth": True, "shift": True, "act_bits": 6, "act_granularity": "token"}
+        swap(model, {"layers": {"0": spec}}, transforms={"0": tr}, progress=False)
+        q = model[0]
+        x = torch.randn(m, k, generator=g) + 2.0
+        with torch.no_grad():
+            got = model(x)
+        want = (ops.reference_input_transform(x - q.input_shift, q.input_mul, q.act_quant())
+                @ dequantize(q.packed_weight()).T + q.bias)
+        assert torch.allclose(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
+
+
+def test_grouped_convolutions_refuse_a_shift():
+    from quasr.nn import QuantConv1d
+
+    conv = QuantConv1d(8, 8, 3, groups=2, bits=4, group_size=32, device="meta")
+    with pytest.raises(ValueError, match="input shift on a grouped convolution is not supported"):
+        conv.set_transforms(shift=True, device="meta")
