@@ -116,3 +116,45 @@ def test_bad_sweep_configs_are_named(tmp_path, bad, match):
     p.write_text(yaml.safe_dump(bad))
     with pytest.raises(ValueError, match=match):
         SweepConfig.load(p)
+
+
+def test_shared_calibration_quantizes_once_for_every_dataset(setup, tmp_path, monkeypatch):
+    """With `calibration: {data: ...}` every dataset calibrates on the same clips, so each method x
+    config is quantized once and evaluated on each dataset; by default each dataset calibrates anew."""
+    import quasr.methods as methods
+    from quasr.sweep import Cell, quantization_groups
+
+    # a second dataset: the same clips under another manifest (same ids, so the same WER)
+    (setup / "copy").mkdir(exist_ok=True)
+    lines = (setup / "manifest.jsonl").read_text().splitlines()[:4]
+    (setup / "copy" / "manifest.jsonl").write_text(
+        "\n".join(l.replace('"c', '"../c') for l in lines) + "\n")
+    datasets = [{"name": "a", "data": str(setup / "manifest.jsonl"), "language": "en", "limit": 2},
+                {"name": "b", "data": str(setup / "copy" / "manifest.jsonl"), "language": "en", "limit": 2}]
+    calls = []
+    real = methods.quantize
+    monkeypatch.setattr(methods, "quantize", lambda *a, **k: calls.append(1) or real(*a, **k))
+
+    shared = _config(setup, datasets=datasets, methods=["rtn"], configs=["W4A16"],
+                     calibration={"data": str(setup / "manifest.jsonl"), "limit": 3})
+    cfg = SweepConfig.load(shared)
+    assert [len(g) for g in quantization_groups(cfg, cfg.cells())] == [2, 2]  # float, rtn: both datasets
+    out = tmp_path / "shared"
+    rows = Sweep(cfg, out).run()
+    assert len(calls) == 1
+    q = {r["dataset"]: r for r in rows if r["method"] == "rtn"}
+    assert q["a"]["wer"] == q["b"]["wer"] and q["a"]["quantize_seconds"] == q["b"]["quantize_seconds"]
+    assert q["a"]["calibration_data"] == str(setup / "manifest.jsonl") and q["a"]["n_calibration_clips"] == 3
+
+    # default: each dataset calibrates on its own source, so each quantizes anew
+    own = SweepConfig.load(_config(setup, datasets=datasets, methods=["rtn"], configs=["W4A16"]))
+    groups = quantization_groups(own, [c for c in own.cells() if c.method != "float"])
+    assert groups == [[Cell(own.models[0], "rtn", "W4A16", "a")], [Cell(own.models[0], "rtn", "W4A16", "b")]]
+
+
+def test_sweep_with_no_calibration_clips_left_is_named(setup):
+    from quasr.sweep import quantization_groups
+
+    cfg = SweepConfig.load(_config(setup, datasets=[{"name": "all", "data": str(setup / "manifest.jsonl")}]))
+    with pytest.raises(ValueError, match="no calibration clips left for dataset 'all'.*lower the datasets' `limit`"):
+        quantization_groups(cfg, cfg.cells())

@@ -23,17 +23,22 @@ Config (YAML), every key but `models` optional:
     only: {whisper-base: {datasets: [en]}}  # restrict a model to some datasets/configs/methods
     device: cpu
     batch_size: 8
-Calibration clips never overlap the evaluation clips of a cell (same source: they are drawn from
-the clips left after the evaluation set).
+Calibration clips never overlap evaluation clips. By default each dataset calibrates on its own
+source (the clips left after its evaluation set), in its own language: the model is quantized anew
+per dataset, as myQASR personalises. A `calibration: {data: ...}` source is shared (give its
+`language` too when the datasets' languages differ): it leaves out every dataset's evaluation clips, and each model x method x config is quantized once and evaluated
+on every dataset (rows record `calibration_data` and `calibration_language`).
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 CONFIG_KEYS = {"models", "methods", "configs", "datasets", "calibration", "method_options", "act_granularity", "keep",
                "only", "device", "batch_size", "include_float"}
@@ -123,35 +128,67 @@ class SweepConfig:
         return out
 
 
-def _split(cfg: SweepConfig, dataset: dict):
-    """(evaluation clips, calibration clips) for a dataset: disjoint."""
+@functools.lru_cache(maxsize=16)
+def _clips(source: str, language: str | None, limit: int | None) -> list:
     from .data import load_clips
 
-    evals = load_clips(dataset["data"], dataset.get("language"), dataset.get("limit"))
+    return load_clips(source, language, limit)
+
+
+def _split(cfg: SweepConfig, dataset: dict):
+    """(evaluation clips, calibration clips, calibration language) for a dataset. Calibration clips
+    never overlap evaluation clips: by default they come from the dataset's own source, after its
+    evaluation clips; a shared `calibration: {data: ...}` leaves out every dataset's evaluation clips,
+    so that all datasets calibrate on the same clips (and share one quantized model per cell)."""
+    evals = _clips(dataset["data"], dataset.get("language"), dataset.get("limit"))
     cal = cfg.calibration
-    source = cal.get("data", dataset["data"])
-    pool = load_clips(source, cal.get("language", dataset.get("language")))
-    eval_ids = {c.id for c in evals}
-    calib = [c for c in pool if c.id not in eval_ids][: cal.get("limit", 32)]
-    return evals, calib
+    language = cal.get("language", dataset.get("language"))
+    if "data" in cal:
+        source = cal["data"]
+        exclude = {c.id for d in cfg.datasets for c in _clips(d["data"], d.get("language"), d.get("limit"))}
+    else:
+        source, exclude = dataset["data"], {c.id for c in evals}
+    calib = [c for c in _clips(source, language, None) if c.id not in exclude][: cal.get("limit", 32)]
+    if not calib:
+        raise ValueError(f"sweep: no calibration clips left for dataset {dataset['name']!r}: every clip of {source}"
+                         f"{f' in language {language!r}' if language else ''} is an evaluation clip; lower the "
+                         "datasets' `limit` or give `calibration: {data: ...}` another source")
+    return evals, calib, language
+
+
+def quantization_groups(cfg: SweepConfig, cells: list[Cell]) -> list[list[Cell]]:
+    """Cells that would quantize the same model identically (same model, method, config, calibration
+    clips and language), in first-seen order: a group quantizes once and evaluates every dataset in
+    it. With the default calibration (each dataset's own source) every group is one cell; with a
+    shared `calibration: {data: ...}` the datasets share one quantized model."""
+    splits = {d["name"]: _split(cfg, d) for d in cfg.datasets if any(c.dataset == d["name"] for c in cells)}
+    groups: dict[tuple, list[Cell]] = {}
+    for cell in cells:
+        _, calib, language = splits[cell.dataset]
+        key = (cell.model, cell.method, cell.config)
+        if cell.method != "float":  # the float model has nothing to calibrate
+            key += (tuple(c.id for c in calib), language)
+        groups.setdefault(key, []).append(cell)
+    return list(groups.values())
 
 
 _CALIBRATION: dict[tuple, list] = {}
 
 
-def _calibration_batches(cfg: SweepConfig, cell: Cell, adapter, calib, language) -> list:
+def _calibration_batches(cfg: SweepConfig, model_name: str, adapter, calib, language) -> list:
     """A model's calibration inputs (the float model's own transcripts, teacher-forced), built once
-    per model and dataset in this process: every cell starts from the same float model (a cell's
-    quantize_seconds leave them out)."""
-    key = (cell.model, cell.dataset, tuple(c.id for c in calib), cfg.batch_size, cfg.device)
+    per model and calibration set in this process: every cell starts from the same float model (a
+    cell's quantize_seconds leave them out)."""
+    key = (model_name, tuple(c.id for c in calib), language, cfg.batch_size, cfg.device)
     if key not in _CALIBRATION:
         _CALIBRATION.clear()  # one model's batches at a time: cells run model by model
         _CALIBRATION[key] = adapter.calibration_batches([c.waveform() for c in calib], cfg.batch_size, language)
     return _CALIBRATION[key]
 
 
-def run_cell(cfg: SweepConfig, cell: Cell) -> dict:
-    """Quantize and evaluate one cell; returns its row (everything but transcripts)."""
+def run_group(cfg: SweepConfig, cells: list[Cell]) -> Iterator[dict]:
+    """Quantize once for cells of one quantization group (see `quantization_groups`) and evaluate
+    each cell's dataset; yields each cell's row (everything but transcripts) as it finishes."""
     import torch
 
     from .adapters import get_adapter
@@ -159,21 +196,30 @@ def run_cell(cfg: SweepConfig, cell: Cell) -> dict:
     from .methods import config_plan, get_method, is_mixed, parse_config, quantize
     from .models import load_model
 
-    dataset = next(d for d in cfg.datasets if d["name"] == cell.dataset)
-    evals, calib = _split(cfg, dataset)
-    model, processor = load_model(cell.model, device=cfg.device)
-    row = {"model": cell.model, "method": cell.method, "config": cell.config, "dataset": cell.dataset,
-           "language": dataset.get("language"), "n_calibration_clips": 0, "quantize_seconds": 0.0}
+    first = cells[0]
+    if any((c.model, c.method, c.config) != (first.model, first.method, first.config) for c in cells):
+        raise ValueError(f"run_group: cells {[c.key for c in cells]} do not share a model, method and config")
+    datasets = {d["name"]: d for d in cfg.datasets}
+    splits = {c.dataset: _split(cfg, datasets[c.dataset]) for c in cells}
+    _, calib, cal_language = splits[first.dataset]
+    if first.method != "float" and any(
+            [x.id for x in s[1]] != [x.id for x in calib] or s[2] != cal_language for s in splits.values()):
+        raise ValueError(f"run_group: cells {[c.key for c in cells]} calibrate on different clips")
+    model, processor = load_model(first.model, device=cfg.device)
+    common = {"model": first.model, "method": first.method, "config": first.config,
+              "n_calibration_clips": 0, "quantize_seconds": 0.0}
     torch.manual_seed(0)
-    if cell.method != "float":
-        bits, group, act = parse_config(cell.config)
-        row.update(w_bits=bits, group_size=group, a_bits=act)
-        method = get_method(cell.method, clip="hessian", **cfg.method_options.get(cell.method, {}))
+    if first.method != "float":
+        bits, group, act = parse_config(first.config)
+        common.update(w_bits=bits, group_size=group, a_bits=act,
+                      calibration_data=cfg.calibration.get("data", datasets[first.dataset]["data"]),
+                      calibration_language=cal_language)
+        method = get_method(first.method, clip="hessian", **cfg.method_options.get(first.method, {}))
         # every setting the method ran with, defaults included: a row stays readable when defaults change
-        row["method_options"] = {"clip": method.clip, "act_range": method.act_range,
-                                 **{k: getattr(method, k) for k in method.options()}}
+        common["method_options"] = {"clip": method.clip, "act_range": method.act_range,
+                                    **{k: getattr(method, k) for k in method.options()}}
         adapter = get_adapter(model, processor)
-        batches = _calibration_batches(cfg, cell, adapter, calib, dataset.get("language"))
+        batches = _calibration_batches(cfg, first.model, adapter, calib, cal_language)
         start = time.perf_counter()
         if is_mixed(bits):  # myQASR's allocation to the size of `bits` on average, then the method
             from .mixed import Calibrator, quantize_to_budget
@@ -183,16 +229,28 @@ def run_cell(cfg: SweepConfig, cell: Cell) -> dict:
                                      keep=tuple(cfg.keep), method=method, act_bits=act,
                                      act_granularity=cfg.act_granularity,
                                      calibrator=Calibrator(model, processor, batches, group_size=g))
-            row["bits_histogram"] = res.allocation.summary()["bits_histogram"]
+            common["bits_histogram"] = res.allocation.summary()["bits_histogram"]
         else:
-            plan = config_plan(model, cell.config, tuple(cfg.keep), cfg.act_granularity)
+            plan = config_plan(model, first.config, tuple(cfg.keep), cfg.act_granularity)
             quantize(adapter, plan, batches, method, progress=False)
-        row.update(quantize_seconds=time.perf_counter() - start, n_calibration_clips=len(calib))
+        common.update(quantize_seconds=time.perf_counter() - start, n_calibration_clips=len(calib))
     else:
-        row.update(w_bits=32, group_size=None, a_bits=32)
-    r = evaluate(model, processor, evals, dataset.get("language"), cfg.batch_size, progress=False)
-    row.update({k: v for k, v in r.items() if k != "transcripts"})
-    return row
+        common.update(w_bits=32, group_size=None, a_bits=32)
+    for cell in cells:
+        dataset = datasets[cell.dataset]
+        r = evaluate(model, processor, splits[cell.dataset][0], dataset.get("language"), cfg.batch_size,
+                     progress=False)
+        yield {**common, "dataset": cell.dataset, "language": dataset.get("language"),
+               **{k: v for k, v in r.items() if k != "transcripts"}}
+
+
+def run_cell(cfg: SweepConfig, cell: Cell) -> dict:
+    """Quantize and evaluate one cell; returns its row (everything but transcripts)."""
+    return next(run_group(cfg, [cell]))
+
+
+def _run_group_rows(cfg: SweepConfig, cells: list[Cell]) -> list[dict]:
+    return list(run_group(cfg, cells))
 
 
 class Sweep:
@@ -224,8 +282,9 @@ class Sweep:
         if ray_address:
             self._run_ray(todo, ray_address)
         else:
-            for cell in todo:
-                self._record(run_cell(self.cfg, cell))
+            for group in quantization_groups(self.cfg, todo):
+                for row in run_group(self.cfg, group):
+                    self._record(row)
         self.render()
         return list(self.finished().values())
 
@@ -236,13 +295,14 @@ class Sweep:
             raise ValueError("--ray needs Ray: pip install 'quasr[ray]'") from None
         ray.init(address=None if address == "local" else address, ignore_reinit_error=True,
                  log_to_driver=False, include_dashboard=False)
-        remote = ray.remote(run_cell)
-        pending = {remote.remote(self.cfg, c): c for c in todo}
+        remote = ray.remote(_run_group_rows)
+        pending = {remote.remote(self.cfg, g): g for g in quantization_groups(self.cfg, todo)}
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             for ref in ready:
                 pending.pop(ref)
-                self._record(ray.get(ref))
+                for row in ray.get(ref):
+                    self._record(row)
 
     def render(self) -> None:
         rows = [r for r in self.finished().values()]
