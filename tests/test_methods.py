@@ -53,7 +53,7 @@ def _mixed_plan(model, seed=0):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("method", sorted(METHODS) + ["omniquant-block"])
 def test_method_quantizes_every_family_and_honours_the_plan(family, method, calibrated):
     model, proc = tiny_family(family)
     ad = get_adapter(model, proc)
@@ -62,6 +62,8 @@ def test_method_quantizes_every_family_and_honours_the_plan(family, method, cali
         ref = ad.forward_logits(batches[0])
     plan = _mixed_plan(model)
     options = {"steps": 5} if method in ("omniquant", "spinquant") else {}
+    if method == "omniquant-block":  # trained on whole blocks' outputs, kept layers inside them
+        method, options = "omniquant", {"steps": 5, "objective": "block"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "not rotated" notes for tied/odd-sized layers
         _, final = quantize(ad, plan, batches, method, progress=False, **options)
@@ -179,6 +181,63 @@ def test_block_output_cache_gives_identical_results(family, calibrated):
     (sa, la), (sb, lb) = states
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
     assert torch.equal(la, lb)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_block_calls_rerun_a_block_as_the_model_runs_it(family, calibrated):
+    """BlockCalls records what a transformer block receives and reruns it alone, on all its
+    sequences or a subset, with the model's own outputs."""
+    from quasr.methods.pipeline import BlockCalls
+
+    model, proc = tiny_family(family)
+    ad = get_adapter(model, proc)
+    for block in [b for b in ad.blocks() if b.kind in ("encoder", "decoder")][::2]:
+        calls, seen = BlockCalls(model, block.name), []
+        module = model.get_submodule(block.name)
+        hooks = [module.register_forward_pre_hook(calls.record, with_kwargs=True),
+                 module.register_forward_hook(lambda m, a, out: seen.append(out[0] if isinstance(out, tuple) else out))]
+        with torch.no_grad():
+            for batch in calibrated[family]:
+                ad.forward_logits(batch)
+        for h in hooks:
+            h.remove()
+        assert len(calls.calls) == len(seen) == len(calibrated[family])
+        with torch.no_grad():
+            for i, out in enumerate(seen):
+                torch.testing.assert_close(calls.run(i), out, rtol=1e-5, atol=1e-5)
+                rows = torch.tensor([calls.n_sequences(i) - 1, 0])
+                torch.testing.assert_close(calls.run(i, rows), out[rows], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["whisper", "moonshine"])
+def test_omniquant_block_objective_beats_rtn_on_block_outputs(family, calibrated, monkeypatch):
+    """OmniQuant trained on whole blocks: the trained blocks (LET scales present) reproduce the float
+    block better than RTN does on the same inputs, and the model's logits end closer to float."""
+    from quasr.methods.scaling import OmniQuant
+
+    chosen = []
+    real = OmniQuant.quantize_block
+
+    def spy(self, jobs, block=None):
+        res = real(self, jobs, block)
+        if block is not None:
+            chosen.append(any(r.input_mul is not None for r in res.values()))
+        return res
+
+    monkeypatch.setattr(OmniQuant, "quantize_block", spy)
+    errors = {}
+    for method, options in (("rtn", {}), ("omniquant", {"objective": "block", "steps": 80, "let": True})):
+        model, proc = tiny_family(family)
+        ad = get_adapter(model, proc)
+        batches = calibrated[family]
+        with torch.no_grad():
+            ref = [ad.forward_logits(b) for b in batches]
+        quantize(ad, config_plan(model, "W3A16g32"), batches, method, progress=False, **options)
+        with torch.no_grad():
+            errors[method] = sum(float(((ad.forward_logits(b) - r) ** 2).mean()) for b, r in zip(batches, ref))
+    assert len(chosen) == sum(b.kind in ("encoder", "decoder") for b in ad.blocks())
+    assert sum(chosen) >= len(chosen) // 2, chosen  # most blocks keep what they learned
+    assert errors["omniquant"] < errors["rtn"], errors
 
 
 def test_smoothquant_helps_8bit_activations_with_outliers():

@@ -153,6 +153,80 @@ class LayerResult:
     input_shift: torch.Tensor | None = None
 
 
+def _take(value, rows: torch.Tensor, batch: int):
+    """`value` (a call argument) restricted to the sequences `rows` where it has a batch dimension."""
+    if torch.is_tensor(value) and value.dim() and value.shape[0] == batch:
+        return value[rows]
+    if isinstance(value, tuple):
+        return tuple(_take(v, rows, batch) for v in value)
+    return value
+
+
+@dataclass
+class BlockCalls:
+    """What one transformer block received on each calibration batch (positional and keyword
+    arguments: the quantized prefix's outputs, masks, position embeddings), so a method can rerun the
+    block alone: for objectives on the block's output (OmniQuant's). KV caches are dropped (every
+    call is a whole teacher-forced sequence)."""
+
+    model: nn.Module
+    name: str
+    calls: list[tuple[tuple, dict]] = field(default_factory=list)
+
+    @property
+    def module(self) -> nn.Module:
+        return self.model.get_submodule(self.name)
+
+    def record(self, module, args, kwargs) -> None:
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("past_key_values", "past_key_value")}
+        if "use_cache" in kwargs:
+            kwargs["use_cache"] = False
+        self.calls.append((tuple(a.detach() if torch.is_tensor(a) else a for a in args), kwargs))
+
+    def n_sequences(self, i: int) -> int:
+        return self.calls[i][0][0].shape[0]
+
+    def run(self, i: int, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """The block's hidden-state output on call i (only its sequences `rows`, if given)."""
+        args, kwargs = self.calls[i]
+        if rows is not None:
+            b = self.n_sequences(i)
+            args = tuple(_take(a, rows, b) for a in args)
+            kwargs = {k: _take(v, rows, b) for k, v in kwargs.items()}
+        out = self.module(*args, **kwargs)
+        return out[0] if isinstance(out, tuple) else out
+
+    def outputs(self) -> list[torch.Tensor]:
+        with torch.no_grad():
+            return [self.run(i) for i in range(len(self.calls))]
+
+    def substituted(self, modules: dict[str, nn.Module]):
+        """Context: the block's layers (full names) replaced by `modules`, the block's own parameters
+        frozen (a method training its substitutes must not touch them)."""
+        from contextlib import contextmanager
+
+        @contextmanager
+        def ctx():
+            saved, frozen = {}, [p for p in self.module.parameters() if p.requires_grad]
+            for p in frozen:
+                p.requires_grad_(False)
+            try:
+                for name, sub in modules.items():
+                    parent, _, child = name.rpartition(".")
+                    holder = self.model.get_submodule(parent)
+                    saved[name] = getattr(holder, child)
+                    setattr(holder, child, sub)
+                yield
+            finally:
+                for name, orig in saved.items():
+                    parent, _, child = name.rpartition(".")
+                    setattr(self.model.get_submodule(parent), child, orig)
+                for p in frozen:
+                    p.requires_grad_(True)
+
+        return ctx()
+
+
 class BlockOutputCache:
     """Skips the finished prefix of the model on calibration passes.
 
@@ -263,6 +337,7 @@ class Method:
     needs_hessian = False
     may_smooth = False  # whether quantize_layer may return an input_mul (a stored per-channel multiply)
     may_shift = False  # whether it may return an input_shift (on layers whose activations it quantizes)
+    block_objective = False  # whether quantize_block wants the block's calls (BlockCalls) to rerun it
     max_samples = 2048
 
     def __init__(self, clip: str = "mse", act_range: str = "mse", **options):
@@ -299,7 +374,9 @@ class Method:
             out["shift"] = True
         return out
 
-    def quantize_block(self, jobs: list[LayerJob]) -> dict[str, LayerResult]:
+    def quantize_block(self, jobs: list[LayerJob], block: BlockCalls | None = None) -> dict[str, LayerResult]:
+        """Every layer of one block; `block` (encoder/decoder blocks of methods with
+        `block_objective`) reruns the block on its calibration inputs."""
         return {j.name: self.quantize_layer(j) for j in jobs}
 
     def quantize_layer(self, job: LayerJob) -> LayerResult:
@@ -381,9 +458,17 @@ def _quantize_block(adapter, block, final, method, batches, tied, cache) -> None
     mods = {n: model.get_submodule(n) for n in block.layers if n in names}
     rotations = {n: rotation_for(n, flat_weight(m).shape[1]) for n, m in mods.items() if final[n].get("rotate")}
     static = any(final[n].get("act_granularity") == "tensor" for n in names)
-    stats = (capture_block_inputs(adapter, batches, mods, rotations, method.needs_hessian, method.max_samples,
-                                  cache=cache)
-             if batches and (method.needs_calibration or static) else {})
+    calls = None
+    if batches and method.block_objective and block.kind in ("encoder", "decoder"):
+        calls = BlockCalls(model, block.name)
+        handle = calls.module.register_forward_pre_hook(calls.record, with_kwargs=True)
+    try:
+        stats = (capture_block_inputs(adapter, batches, mods, rotations, method.needs_hessian, method.max_samples,
+                                      cache=cache)
+                 if batches and (method.needs_calibration or static) else {})
+    finally:
+        if calls is not None:
+            handle.remove()
     jobs = []
     for n, m in mods.items():
         w = flat_weight(m).to(torch.float32)
@@ -392,7 +477,7 @@ def _quantize_block(adapter, block, final, method, batches, tied, cache) -> None
         inputs = stats.get(n)
         jobs.append(LayerJob(n, m, final[n], w, None if inputs is not None and inputs.range_only else inputs,
                              rotations.get(n), bool(tied.get(n))))
-    results = method.quantize_block(jobs)
+    results = method.quantize_block(jobs, calls)
     transforms = {}
     for job in jobs:
         res = results[job.name]

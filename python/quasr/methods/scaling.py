@@ -115,86 +115,185 @@ def _act_ste(x: torch.Tensor, act) -> torch.Tensor:
     return x if act is None else x + (reference_input_transform(x.detach(), None, act) - x).detach()
 
 
+class _OmniLayer:
+    """One layer's OmniQuant parameters (LWC: per-group gamma, beta; LET: log-scale, shift) and the
+    layer they define: f(x) = fq_a((x - delta) / s) fq_w(W s)^T + W delta, with straight-through
+    rounding so that it trains; `pack` turns it into the stored form."""
+
+    def __init__(self, method: "OmniQuant", job: LayerJob):
+        from ..format import resolve_group_size
+        from ..quantize import _grouped
+
+        self.job, w = job, job.weight
+        self.n, self.k = w.shape
+        self.g, self.padded = resolve_group_size(job.spec["group_size"], self.k)
+        self.let = method.let and not job.tied
+        # a shift re-centres what the activation quantizer sees: only with activation quantization
+        self.use_shift = self.let and method.let_shift and job.act is not None and not is_grouped_conv(job.module)
+        shift = torch.zeros(self.k)
+        if self.use_shift:
+            shift = (job.inputs.col_max + job.inputs.col_min) / 2
+        log_s = torch.zeros(self.k)
+        if self.let:
+            w_max = w.abs().amax(0).clamp(min=1e-5)
+            x_max = (job.inputs.col_max - shift).abs().maximum((job.inputs.col_min - shift).abs())
+            a = method.let_alpha
+            log_s = torch.log((x_max.clamp(min=1e-5) ** a / w_max ** (1 - a)).clamp(min=1e-5))
+        self.log_s = log_s.clone().requires_grad_(self.let)
+        self.shift = shift.clone().requires_grad_(self.use_shift)
+        wg0, _ = _grouped(w * torch.exp(log_s), self.g, self.padded)
+        self.gamma = torch.full(wg0.shape[:2], 4.0, requires_grad=True)
+        self.beta = torch.full(wg0.shape[:2], 4.0, requires_grad=True)
+
+    def params(self) -> list[torch.Tensor]:
+        return [self.gamma, self.beta] + ([self.log_s] if self.let else []) + ([self.shift] if self.use_shift else [])
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """The layer's output (bias left out) on rows x [..., K]."""
+        from ..quantize import _grouped
+
+        s = torch.exp(self.log_s)
+        wg, _ = _grouped(self.job.weight * s, self.g, self.padded)
+        wq = _fake_quant_ste(wg, torch.sigmoid(self.beta) * wg.amin(-1), torch.sigmoid(self.gamma) * wg.amax(-1),
+                             self.job.spec["bits"], self.job.spec["symmetric"]).reshape(self.n, self.padded)[:, :self.k]
+        lead = x.shape[:-1]
+        x = x.reshape(-1, self.k)
+        y = _act_ste((x - self.shift) / s, self.job.act) @ wq.T
+        if self.use_shift:
+            y = y + self.shift @ self.job.weight.T  # the bias absorbs W delta
+        return y.reshape(*lead, self.n)
+
+    def pack(self) -> LayerResult:
+        from ..format import PackedWeight, pack_codes, quantize_to_codes
+        from ..quantize import _grouped, _scale_zero
+
+        spec = self.job.spec
+        with torch.no_grad():
+            s = torch.exp(self.log_s) if self.let else None
+            ws = self.job.weight * s if self.let else self.job.weight
+            wg, _ = _grouped(ws, self.g, self.padded)
+            scale, zero = _scale_zero(torch.sigmoid(self.beta) * wg.amin(-1), torch.sigmoid(self.gamma) * wg.amax(-1),
+                                      spec["bits"], spec["symmetric"])
+            scales16 = scale.to(torch.float16)
+            zeros16 = None if spec["symmetric"] else zero.to(torch.float16)
+            pw = PackedWeight(pack_codes(quantize_to_codes(ws, scales16, zeros16, spec["bits"], self.g), spec["bits"]),
+                              scales16, zeros16, spec["bits"], self.g, self.k)
+            return LayerResult(pw, 1.0 / s if self.let else None,
+                               input_shift=self.shift.detach().clone() if self.use_shift else None)
+
+
+class _Stored(torch.nn.Module):
+    """A Linear as quasr will store it (a LayerResult), in plain torch: scores a block's candidates."""
+
+    def __init__(self, job: LayerJob, res: LayerResult):
+        super().__init__()
+        self.job, self.res, self.w = job, res, dequantize(res.weight)
+        self.bias = job.module.bias
+
+    def forward(self, x):
+        shift = self.res.input_shift
+        y = reference_input_transform(x if shift is None else x - shift, self.res.input_mul, self.job.act) @ self.w.T
+        if shift is not None:
+            y = y + shift @ self.job.weight.T
+        return y if self.bias is None else y + self.bias
+
+
+class _Training(torch.nn.Module):
+    def __init__(self, layer: _OmniLayer):
+        super().__init__()
+        self.layer, self.bias = layer, layer.job.module.bias
+
+    def forward(self, x):
+        y = self.layer(x)
+        return y if self.bias is None else y + self.bias
+
+
 class OmniQuant(Method):
     """OmniQuant (Shao et al. 2024): learnable weight clipping (LWC: each group's range is
     sigmoid(gamma) * max, sigmoid(beta) * min) and a learnable equivalent transformation (LET:
     x -> (x - delta) / s, W -> W s, b -> b + W delta, with the per-channel shift delta initialised at
     the middle of each channel's range and the scale s from SmoothQuant's on the shifted inputs),
-    trained with Adam and straight-through rounding to minimise the layer's output error on the
-    calibration samples (weights and, when the spec has them, activations fake-quantized). The shift
-    only matters with activation quantization, so weight-only specs learn the scale alone; it is off
-    by default (`let_shift=True` turns it on): on whisper-tiny.en (encoder layer 1, decoder layer 3;
-    W4A4 and W4A8) it lowers the held-out output error of every q_proj and fc1 by 4-23% but raises
-    fc2's 1.6-2.8x (post-GELU inputs with a few huge values put the mid-range initial shift far from
-    most of them; bench/omniquant_shift_layers.py), and the W4A4 WER went from 21% to 77%. quasr
-    trains layer by layer, inside the blockwise pipeline (each block sees the quantized blocks before
-    it), where the paper trains a whole transformer block at once. The result is kept only if it
-    beats RTN's output error on the same samples (it falls back to RTN otherwise)."""
+    trained with Adam and straight-through rounding (weights and, when the spec has them,
+    activations fake-quantized).
+
+    `objective="layer"` (the default) trains each layer on its own output error over the
+    calibration samples, inside the blockwise pipeline (each block sees the quantized blocks before
+    it); `objective="block"` is the paper's: every layer of a transformer block is trained jointly on
+    the block's output error (the float block's output on the same inputs as target), `block_clips`
+    sequences per step (front-end and head blocks stay per layer). Either way a result is kept only
+    if it beats RTN on the same error (per layer, or for the whole block), else RTN is kept.
+
+    The shift only matters with activation quantization, so weight-only specs learn the scale alone;
+    it is off by default (`let_shift=True` turns it on): on whisper-tiny.en (encoder layer 1, decoder
+    layer 3; W4A4 and W4A8) it lowers the held-out output error of every q_proj and fc1 by 4-23% but
+    raises fc2's 1.6-2.8x (post-GELU inputs with a few huge values put the mid-range initial shift
+    far from most of them; bench/omniquant_shift_layers.py), and the W4A4 WER went from 21% to 77%."""
 
     name = "omniquant"
     may_smooth = True
 
     @classmethod
     def options(cls):
-        return {"steps": 100, "lr": 5e-3, "let": True, "let_alpha": 0.5, "let_shift": False}
+        return {"steps": 100, "lr": 5e-3, "let": True, "let_alpha": 0.5, "let_shift": False,
+                "objective": "layer", "block_clips": 2}
+
+    def __init__(self, *args, **options):
+        super().__init__(*args, **options)
+        if self.objective not in ("layer", "block"):
+            raise ValueError(f"omniquant: objective must be 'layer' or 'block', got {self.objective!r}")
+        if not (isinstance(self.block_clips, int) and self.block_clips >= 1):
+            raise ValueError(f"omniquant: block_clips must be a positive integer, got {self.block_clips!r}")
 
     @property
     def may_shift(self) -> bool:
         return bool(self.let and self.let_shift)
 
-    def quantize_layer(self, job):
-        from ..format import PackedWeight, pack_codes, quantize_to_codes, resolve_group_size
-        from ..quantize import _grouped, _scale_zero
+    @property
+    def block_objective(self) -> bool:
+        return self.objective == "block"
 
+    def quantize_layer(self, job):
         base = rtn_layer(job, self.clip)
         if job.inputs is None:
             return LayerResult(base)
-        spec, x, w = job.spec, job.inputs.samples, job.weight
-        n, k = w.shape
-        g, padded = resolve_group_size(spec["group_size"], k)
-        y = x @ w.T
-        let = self.let and not job.tied
-        # a shift re-centres what the activation quantizer sees: only with activation quantization
-        use_shift = let and self.let_shift and job.act is not None and not is_grouped_conv(job.module)
-        shift = torch.zeros(k)
-        if use_shift:
-            shift = (job.inputs.col_max + job.inputs.col_min) / 2
-        log_s = torch.zeros(k)
-        if let:
-            w_max = w.abs().amax(0).clamp(min=1e-5)
-            x_max = (job.inputs.col_max - shift).abs().maximum((job.inputs.col_min - shift).abs())
-            log_s = torch.log((x_max.clamp(min=1e-5) ** self.let_alpha / w_max ** (1 - self.let_alpha)).clamp(min=1e-5))
-        log_s = log_s.clone().requires_grad_(let)
-        shift = shift.clone().requires_grad_(use_shift)
-        wg0, _ = _grouped(w * torch.exp(log_s.detach()), g, padded)
-        gamma = torch.full(wg0.shape[:2], 4.0, requires_grad=True)
-        beta = torch.full(wg0.shape[:2], 4.0, requires_grad=True)
-        opt = torch.optim.Adam([gamma, beta] + ([log_s] if let else []) + ([shift] if use_shift else []), lr=self.lr)
+        layer = _OmniLayer(self, job)
+        x = job.inputs.samples
+        y = x @ job.weight.T
+        opt = torch.optim.Adam(layer.params(), lr=self.lr)
         with torch.enable_grad():
             for _ in range(self.steps):
-                s = torch.exp(log_s)
-                wg, _ = _grouped(w * s, g, padded)
-                wq = _fake_quant_ste(wg, torch.sigmoid(beta) * wg.amin(-1), torch.sigmoid(gamma) * wg.amax(-1),
-                                     spec["bits"], spec["symmetric"]).reshape(n, padded)[:, :k]
-                y_hat = _act_ste((x - shift) / s, job.act) @ wq.T
-                if use_shift:
-                    y_hat = y_hat + shift @ w.T  # the bias absorbs W delta
-                loss = ((y - y_hat) ** 2).mean()
+                loss = ((y - layer(x)) ** 2).mean()
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-        with torch.no_grad():
-            s = torch.exp(log_s) if let else None
-            ws = w * s if let else w
-            wg, _ = _grouped(ws, g, padded)
-            scale, zero = _scale_zero(torch.sigmoid(beta) * wg.amin(-1), torch.sigmoid(gamma) * wg.amax(-1),
-                                      spec["bits"], spec["symmetric"])
-            scales16 = scale.to(torch.float16)
-            zeros16 = None if spec["symmetric"] else zero.to(torch.float16)
-            pw = PackedWeight(pack_codes(quantize_to_codes(ws, scales16, zeros16, spec["bits"], g), spec["bits"]),
-                              scales16, zeros16, spec["bits"], g, k)
-            mul = 1.0 / s if let else None
-            delta = shift.detach().clone() if use_shift else None
-            if layer_output_error(job, pw, mul, delta) >= layer_output_error(job, base, None):
-                return LayerResult(base)
-        return LayerResult(pw, mul, input_shift=delta)
+        res = layer.pack()
+        if layer_output_error(job, res.weight, res.input_mul, res.input_shift) >= layer_output_error(job, base, None):
+            return LayerResult(base)
+        return res
+
+    def quantize_block(self, jobs, block=None):
+        trainable = block is not None and all(
+            isinstance(j.module, torch.nn.Linear) and j.inputs is not None and j.rotation is None for j in jobs)
+        if not trainable:
+            return super().quantize_block(jobs, block)
+        layers = {j.name: _OmniLayer(self, j) for j in jobs}
+        targets = block.outputs()  # the float block (its layers are not swapped yet)
+        opt = torch.optim.Adam([p for lay in layers.values() for p in lay.params()], lr=self.lr)
+        gen = torch.Generator().manual_seed(0)
+        with block.substituted({n: _Training(lay) for n, lay in layers.items()}), torch.enable_grad():
+            for step in range(self.steps):
+                i = step % len(block.calls)
+                rows = torch.randperm(block.n_sequences(i), generator=gen)[: self.block_clips]
+                loss = ((block.run(i, rows) - targets[i][rows]) ** 2).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        trained = {n: lay.pack() for n, lay in layers.items()}
+        rtn = {j.name: LayerResult(rtn_layer(j, self.clip)) for j in jobs}
+        by_job = {j.name: j for j in jobs}
+
+        def error(results):
+            with block.substituted({n: _Stored(by_job[n], r) for n, r in results.items()}):
+                return sum(float(((block.run(i) - t) ** 2).mean()) for i, t in enumerate(targets))
+
+        return trained if error(trained) < error(rtn) else rtn
