@@ -589,11 +589,25 @@ def test_omniquant_shift_helps_activations_with_channel_offsets():
 
     job = replace(job, inputs=inputs)
     errs = {}
-    for shift in (False, True):
+    for shift in (False, True, "auto"):
         res = get_method("omniquant", steps=60, let_shift=shift).quantize_layer(job)
-        assert (res.input_shift is not None) == shift
+        assert (res.input_shift is not None) == bool(shift)  # auto: the held-out rows want the shift here
         errs[shift] = layer_output_error(job, res.weight, res.input_mul, res.input_shift)
-    assert errs[True] < 0.8 * errs[False], errs
+    assert errs[True] < 0.8 * errs[False] and errs["auto"] < 0.8 * errs[False], errs
+    # without activation quantization there is nothing to re-centre: auto trains once, no shift
+    res = get_method("omniquant", steps=5, let_shift="auto").quantize_layer(_outlier_job(bits=4, group=32))
+    assert res.input_shift is None
+
+
+@pytest.mark.parametrize("options,match", [
+    ({"let_shift": "yes"}, "let_shift must be False, True or 'auto'"),
+    ({"let_shift": "auto", "objective": "block"}, "with objective='block' give let_shift=True or False"),
+    ({"objective": "blocks"}, "objective must be 'layer' or 'block'"),
+    ({"block_clips": 0}, "block_clips must be a positive integer"),
+])
+def test_bad_omniquant_options_are_named(options, match):
+    with pytest.raises(ValueError, match=match):
+        get_method("omniquant", **options)
 
 
 @pytest.mark.parametrize("bits", range(2, 9))

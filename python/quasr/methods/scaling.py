@@ -21,11 +21,11 @@ from .weight_only import rtn_layer
 
 
 def layer_output_error(job: LayerJob, pw, input_mul: torch.Tensor | None,
-                       input_shift: torch.Tensor | None = None) -> float:
-    """Mean squared error of the layer's output on the calibration samples: x W^T (float, bias
-    left out) against fq((x - shift) * input_mul) Q^T + shift W^T, fq the layer's activation
-    quantizer (the shift's W^T term is what the bias absorbs)."""
-    x = job.inputs.samples
+                       input_shift: torch.Tensor | None = None, x: torch.Tensor | None = None) -> float:
+    """Mean squared error of the layer's output on the calibration samples (or rows `x`): x W^T
+    (float, bias left out) against fq((x - shift) * input_mul) Q^T + shift W^T, fq the layer's
+    activation quantizer (the shift's W^T term is what the bias absorbs)."""
+    x = job.inputs.samples if x is None else x
     y = x @ job.weight.T
     if input_shift is None:
         yq = reference_input_transform(x, input_mul, job.act) @ dequantize(pw).to(x.device).T
@@ -120,7 +120,7 @@ class _OmniLayer:
     layer they define: f(x) = fq_a((x - delta) / s) fq_w(W s)^T + W delta, with straight-through
     rounding so that it trains; `pack` turns it into the stored form."""
 
-    def __init__(self, method: "OmniQuant", job: LayerJob):
+    def __init__(self, method: "OmniQuant", job: LayerJob, with_shift: bool):
         from ..format import resolve_group_size
         from ..quantize import _grouped
 
@@ -128,8 +128,7 @@ class _OmniLayer:
         self.n, self.k = w.shape
         self.g, self.padded = resolve_group_size(job.spec["group_size"], self.k)
         self.let = method.let and not job.tied
-        # a shift re-centres what the activation quantizer sees: only with activation quantization
-        self.use_shift = self.let and method.let_shift and job.act is not None and not is_grouped_conv(job.module)
+        self.use_shift = self.let and with_shift and method.shifts(job)
         shift = torch.zeros(self.k)
         if self.use_shift:
             shift = (job.inputs.col_max + job.inputs.col_min) / 2
@@ -227,7 +226,9 @@ class OmniQuant(Method):
     it is off by default (`let_shift=True` turns it on): on whisper-tiny.en (encoder layer 1, decoder
     layer 3; W4A4 and W4A8) it lowers the held-out output error of every q_proj and fc1 by 4-23% but
     raises fc2's 1.6-2.8x (post-GELU inputs with a few huge values put the mid-range initial shift
-    far from most of them; bench/omniquant_shift_layers.py), and the W4A4 WER went from 21% to 77%."""
+    far from most of them; bench/omniquant_shift_layers.py), and the W4A4 WER went from 21% to 77%.
+    `let_shift="auto"` chooses per layer (layer objective): both variants train on 3/4 of the sampled
+    rows and the one with the smaller output error on the other 1/4 is kept (twice the training)."""
 
     name = "omniquant"
     may_smooth = True
@@ -243,21 +244,27 @@ class OmniQuant(Method):
             raise ValueError(f"omniquant: objective must be 'layer' or 'block', got {self.objective!r}")
         if not (isinstance(self.block_clips, int) and self.block_clips >= 1):
             raise ValueError(f"omniquant: block_clips must be a positive integer, got {self.block_clips!r}")
+        if self.let_shift not in (False, True, "auto"):
+            raise ValueError(f"omniquant: let_shift must be False, True or 'auto', got {self.let_shift!r}")
+        if self.let_shift == "auto" and self.objective == "block":
+            raise ValueError("omniquant: let_shift='auto' chooses per layer on held-out rows; with objective='block' "
+                             "give let_shift=True or False")
 
     @property
     def may_shift(self) -> bool:
         return bool(self.let and self.let_shift)
 
+    def shifts(self, job: LayerJob) -> bool:
+        """Whether a shift can apply to this layer: it re-centres what the activation quantizer
+        sees, so only with activation quantization (and not on grouped convs)."""
+        return job.act is not None and not is_grouped_conv(job.module)
+
     @property
     def block_objective(self) -> bool:
         return self.objective == "block"
 
-    def quantize_layer(self, job):
-        base = rtn_layer(job, self.clip)
-        if job.inputs is None:
-            return LayerResult(base)
-        layer = _OmniLayer(self, job)
-        x = job.inputs.samples
+    def _train_layer(self, job: LayerJob, shift: bool, x: torch.Tensor) -> LayerResult:
+        layer = _OmniLayer(self, job, shift)
         y = x @ job.weight.T
         opt = torch.optim.Adam(layer.params(), lr=self.lr)
         with torch.enable_grad():
@@ -266,7 +273,20 @@ class OmniQuant(Method):
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-        res = layer.pack()
+        return layer.pack()
+
+    def quantize_layer(self, job):
+        base = rtn_layer(job, self.clip)
+        if job.inputs is None:
+            return LayerResult(base)
+        x = job.inputs.samples
+        if self.let_shift == "auto" and self.let and not job.tied and self.shifts(job):
+            order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))
+            fit, check = x[order[: x.shape[0] * 3 // 4]], x[order[x.shape[0] * 3 // 4:]]
+            res = min((self._train_layer(job, shift, fit) for shift in (False, True)),
+                      key=lambda r: layer_output_error(job, r.weight, r.input_mul, r.input_shift, check))
+        else:
+            res = self._train_layer(job, bool(self.let_shift), x)
         if layer_output_error(job, res.weight, res.input_mul, res.input_shift) >= layer_output_error(job, base, None):
             return LayerResult(base)
         return res
@@ -276,7 +296,7 @@ class OmniQuant(Method):
             isinstance(j.module, torch.nn.Linear) and j.inputs is not None and j.rotation is None for j in jobs)
         if not trainable:
             return super().quantize_block(jobs, block)
-        layers = {j.name: _OmniLayer(self, j) for j in jobs}
+        layers = {j.name: _OmniLayer(self, j, bool(self.let_shift)) for j in jobs}
         targets = block.outputs()  # the float block (its layers are not swapped yet)
         opt = torch.optim.Adam([p for lay in layers.values() for p in lay.params()], lr=self.lr)
         gen = torch.Generator().manual_seed(0)
