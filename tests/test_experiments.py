@@ -159,3 +159,27 @@ def test_sweep_writes_wer_against_size(tmp_path, capsys):
     for r in rows[1:]:
         assert float(r["size_mb"]) <= float(r["budget_mb"])
     assert (out / "sweep.png").stat().st_size > 1000 and "WER vs size budget" in (out / "sweep.md").read_text()
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_method_options_through_the_cli(tmp_path, capsys):
+    """--method-option KEY=VALUE reaches the method, uniform and budget paths alike; bad ones are named."""
+    src = _model_dir("whisper", tmp_path)
+    manifest = _manifest(tmp_path)
+    common = ["--method", "omniquant", "--method-option", "let_shift=true", "--method-option", "steps=3",
+              "--calib", str(manifest), "--calib-limit", "4"]
+
+    def shifted(plan):
+        return sum(bool(s.get("shift")) for s in plan["layers"].values() if s != "keep")
+
+    assert main(["quantize", str(src), "--config", "W4A8g32", *common, "--out", str(tmp_path / "u")]) == 0
+    assert shifted(json.loads((tmp_path / "u" / "quasr_plan.json").read_text())["plan"]) > 0
+    assert main(["quantize", str(src), "--avg-bits", "4.5", "--act-bits", "8", "--group-size", "32", *common,
+                 "--out", str(tmp_path / "b")]) == 0
+    assert shifted(json.loads((tmp_path / "b" / "allocation.json").read_text())["plan"]) > 0
+    capsys.readouterr()
+    for option, message in (("stepz=3", "omniquant does not take options ['stepz']"),
+                            ("steps", "give KEY=VALUE"), ("let_shift=maybe", "let_shift must be False, True or 'auto'")):
+        assert main(["quantize", str(src), "--config", "W4A8g32", "--method", "omniquant", "--method-option", option,
+                     "--calib", str(manifest), "--out", str(tmp_path / "x")]) == 2
+        assert message in capsys.readouterr().err

@@ -42,6 +42,9 @@ def _add_quant_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--symmetric", action="store_true", help="symmetric quantization (default asymmetric)")
     p.add_argument("--method", default="rtn", choices=list(METHODS),
                    help="PTQ method (default rtn); all but rtn/hqq need --calib audio")
+    p.add_argument("--method-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a method setting (repeatable), e.g. damp=0.1 for gptq, objective=block or let_shift=auto "
+                        "for omniquant, steps=100; the method names its options when one is unknown")
     p.add_argument("--config", default=None, metavar="WxAy",
                    help="an Edge-ASR configuration (W8A16, W4A16, W3A16, W2A16, W8A8, W4A8, W4A4, or W<b>A<b>g<group>): "
                         "sets --bits, --group-size and --act-bits; a fractional W (W3.5A8) sets --avg-bits instead "
@@ -83,6 +86,25 @@ def _apply_config(args) -> None:
             args.bits = bits
 
 
+def _method_options(args) -> dict:
+    """--method-option KEY=VALUE pairs, values read as YAML scalars (0.1, true, block)."""
+    import yaml
+
+    out = {}
+    for item in getattr(args, "method_option", []):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--method-option {item!r}: give KEY=VALUE, e.g. --method-option damp=0.1")
+        out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+    return out
+
+
+def _method(args, clip: str):
+    from .methods import get_method
+
+    return get_method(args.method, clip=clip, **_method_options(args))
+
+
 def _calibration_waves(args):
     from .data import load_clips
 
@@ -94,7 +116,7 @@ def _calibration_waves(args):
 def _quantize(model, processor, args):
     """Uniform plan (--bits/--group-size, activations --act-*) quantized with --method."""
     from .adapters import get_adapter
-    from .methods import get_method, quantize, with_activations
+    from .methods import quantize, with_activations
     from .plan import uniform_plan
 
     plan = with_activations(uniform_plan(model, args.bits, args.group_size, args.symmetric, tuple(args.keep)),
@@ -104,7 +126,7 @@ def _quantize(model, processor, args):
         raise ValueError("--clip hessian needs calibration audio: add --calib DATA (a manifest, a folder of audio, "
                          "or hf:NAME:SPLIT; no transcripts needed)")
     clip = args.clip or ("hessian" if calib else "mse")
-    method = get_method(args.method, clip=clip)
+    method = _method(args, clip)
     if calib is None and (method.needs_calibration or args.act_granularity == "tensor" and args.act_bits != 16):
         raise ValueError(f"--method {args.method} with these options needs calibration audio: add --calib DATA "
                          f"(a manifest, a folder of audio, or hf:NAME:SPLIT; no transcripts needed)")
@@ -121,10 +143,11 @@ def _quantize_to_budget(model, processor, args):
     if args.calib:
         clips = load_clips(args.calib, args.calib_language, args.calib_limit)
         calib = [c.waveform() for c in clips]
+    method = _method(args, args.clip or ("hessian" if calib else "mse")) if _method_options(args) else args.method
     return quantize_to_budget(model, processor, args.budget_mb, calib, args.allocation, args.sensitivity, args.error,
                               args.clip, args.group_size, args.symmetric, tuple(args.keep), args.calib_language,
                               args.batch_size, args.avg_bits, args.seed, progress=sys.stderr.isatty(),
-                              method=args.method, act_bits=args.act_bits, act_granularity=args.act_granularity,
+                              method=method, act_bits=args.act_bits, act_granularity=args.act_granularity,
                               act_symmetric=args.act_symmetric)
 
 
