@@ -145,6 +145,9 @@ def test_shared_calibration_quantizes_once_for_every_dataset(setup, tmp_path, mo
     q = {r["dataset"]: r for r in rows if r["method"] == "rtn"}
     assert q["a"]["wer"] == q["b"]["wer"] and q["a"]["quantize_seconds"] == q["b"]["quantize_seconds"]
     assert q["a"]["calibration_data"] == str(setup / "manifest.jsonl") and q["a"]["n_calibration_clips"] == 3
+    by_dataset = (out / "wer_by_dataset.md").read_text()
+    assert "| method | config | a (2) | b (2) |" in by_dataset
+    assert f"| rtn | W4A16 | {q['a']['wer']:.2f} | {q['b']['wer']:.2f} |" in by_dataset
 
     # default: each dataset calibrates on its own source, so each quantizes anew
     own = SweepConfig.load(_config(setup, datasets=datasets, methods=["rtn"], configs=["W4A16"]))

@@ -3,8 +3,8 @@
 Every cell (one model quantized by one method at one configuration, evaluated on one dataset) is
 appended to OUT/cells.jsonl as soon as it finishes; a rerun skips finished cells, so a sweep can be
 stopped and resumed, or grown by editing the config. After the cells run, OUT/table.md, table.csv,
-wer_pivot.md (config x method), wer_vs_size.png and wer_vs_bops.png are rendered from every
-finished cell. With `--ray ADDRESS` the cells run as Ray tasks on a cluster (`pip install
+wer_pivot.md (config x method), wer_by_dataset.md (method x config by dataset, for models run on
+several), wer_vs_size.png and wer_vs_bops.png are rendered from every finished cell. With `--ray ADDRESS` the cells run as Ray tasks on a cluster (`pip install
 quasr[ray]`; "local" starts a local instance); results still land in the same cells.jsonl on the
 driver.
 
@@ -318,6 +318,7 @@ class Sweep:
             w.writerows(rows)
         self._markdown(rows)
         self._pivot(rows)
+        self._by_dataset(rows)
         self._plots(rows)
 
     @staticmethod
@@ -366,6 +367,27 @@ class Sweep:
                 lines.append(f"| {c} | " + " | ".join(cells) + " |")
             lines.append("")
         (self.out / "wer_pivot.md").write_text("\n".join(lines))
+
+    def _by_dataset(self, rows: list[dict]) -> None:
+        """wer_by_dataset.md, for models evaluated on more than one dataset: WER % per method x config
+        (rows) and dataset (columns), float first; an empty cell is one not run yet."""
+        lines = []
+        for model in dict.fromkeys(r["model"] for r in rows):
+            sub = [r for r in rows if r["model"] == model]
+            datasets = list(dict.fromkeys(r["dataset"] for r in sub))
+            if len(datasets) < 2:
+                continue
+            wer = {(r["method"], r["config"], r["dataset"]): r.get("wer") for r in sub}
+            clips = {d: max(r["n_clips"] for r in sub if r["dataset"] == d) for d in datasets}
+            lines += [f"### {model}", "", "| method | config | " + " | ".join(f"{d} ({clips[d]})" for d in datasets) + " |",
+                      "|---|---|" + "---:|" * len(datasets)]
+            for method, config in dict.fromkeys((r["method"], r["config"]) for r in sub):
+                cells = [("" if (method, config, d) not in wer else "n/a" if wer[(method, config, d)] is None
+                          else f"{wer[(method, config, d)]:.2f}") for d in datasets]
+                lines.append(f"| {method} | {config or 'fp32'} | " + " | ".join(cells) + " |")
+            lines.append("")
+        if lines:
+            (self.out / "wer_by_dataset.md").write_text("\n".join(lines))
 
     def _plots(self, rows: list[dict]) -> None:
         import matplotlib
