@@ -93,3 +93,21 @@ def test_rtn_on_cuda_matches_cpu(bits, clip):
     same = (gpu.packed.cpu() == cpu.packed).float().mean()
     assert same > 0.99
     torch.testing.assert_close(dequantize(gpu).cpu(), dequantize(cpu), rtol=0, atol=float(cpu.scales.float().max()) * 1.01)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("method,options", [("gptq", {}), ("awq", {}), ("smoothquant", {}), ("hqq", {}),
+                                            ("omniquant", {"steps": 3}), ("omniquant", {"steps": 3, "objective": "block"}),
+                                            ("quarot", {}), ("spinquant", {"steps": 3})])
+def test_every_method_quantizes_on_cuda(family, method, options):
+    """Each PTQ method runs where the model lives: its trainable factors and statistics on the GPU."""
+    from quasr.methods import config_plan, quantize
+
+    model, proc = tiny_family(family)
+    model.cuda()
+    ad = get_adapter(model, proc)
+    batches = ad.calibration_batches(_waves())
+    quantize(ad, config_plan(model, "W4A8g32"), batches, method, progress=False, **options)
+    with torch.no_grad():
+        out = ad.forward_logits(batches[0])
+    assert out.device.type == "cuda" and torch.isfinite(out).all()

@@ -68,9 +68,11 @@ def learn_rotation(x: torch.Tensor, weight: torch.Tensor, spec: dict, act, a: in
     g, padded = resolve_group_size(spec["group_size"], k)
     y = x @ weight.T
     norm = (y**2).mean().clamp(min=1e-30)
-    xa, xb = torch.zeros(a, a, requires_grad=True), torch.zeros(b, b, requires_grad=True)
+    dev = weight.device  # trained where the weights live (CPU or GPU)
+    xa = torch.zeros(a, a, device=dev, requires_grad=True)
+    xb = torch.zeros(b, b, device=dev, requires_grad=True)
     opt = torch.optim.Adam([xa, xb], lr=lr)
-    best = (float("inf"), torch.eye(a), torch.eye(b))
+    best = (float("inf"), torch.eye(a, device=dev), torch.eye(b, device=dev))
     first = None
     with torch.enable_grad():
         for step in range(steps + 1):

@@ -129,10 +129,11 @@ class _OmniLayer:
         self.g, self.padded = resolve_group_size(job.spec["group_size"], self.k)
         self.let = method.let and not job.tied
         self.use_shift = self.let and with_shift and method.shifts(job)
-        shift = torch.zeros(self.k)
+        dev = w.device  # trained where the weights live (CPU or GPU)
+        shift = torch.zeros(self.k, device=dev)
         if self.use_shift:
             shift = (job.inputs.col_max + job.inputs.col_min) / 2
-        log_s = torch.zeros(self.k)
+        log_s = torch.zeros(self.k, device=dev)
         if self.let:
             w_max = w.abs().amax(0).clamp(min=1e-5)
             x_max = (job.inputs.col_max - shift).abs().maximum((job.inputs.col_min - shift).abs())
@@ -141,8 +142,8 @@ class _OmniLayer:
         self.log_s = log_s.clone().requires_grad_(self.let)
         self.shift = shift.clone().requires_grad_(self.use_shift)
         wg0, _ = _grouped(w * torch.exp(log_s), self.g, self.padded)
-        self.gamma = torch.full(wg0.shape[:2], 4.0, requires_grad=True)
-        self.beta = torch.full(wg0.shape[:2], 4.0, requires_grad=True)
+        self.gamma = torch.full(wg0.shape[:2], 4.0, device=dev, requires_grad=True)
+        self.beta = torch.full(wg0.shape[:2], 4.0, device=dev, requires_grad=True)
 
     def params(self) -> list[torch.Tensor]:
         return [self.gamma, self.beta] + ([self.log_s] if self.let else []) + ([self.shift] if self.use_shift else [])
