@@ -70,10 +70,14 @@ def test_sweep_runs_resumes_and_renders(setup, tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore")
-def test_fractional_widths_sweep_mixed_precision_with_the_method(setup, tmp_path):
+def test_fractional_widths_sweep_mixed_precision_with_the_method(setup, tmp_path, monkeypatch):
+    import quasr.mixed as mixed
     from quasr.allocate import MB, SizeModel
     from quasr.models import load_model
 
+    passes = []
+    real = mixed.collect_statistics
+    monkeypatch.setattr(mixed, "collect_statistics", lambda *a, **k: passes.append(1) or real(*a, **k))
     out = tmp_path / "mixed"
     assert main(["sweep", str(_config(setup, methods=["awq", "quarot"], configs=["W3.5A8g32"], include_float=False)),
                  "--out", str(out)]) == 0
@@ -86,6 +90,7 @@ def test_fractional_widths_sweep_mixed_precision_with_the_method(setup, tmp_path
         # between the uniform 3- and 4-bit RTN sizes (a method's transforms are reserved inside the budget)
         assert sm.uniform_bytes(3) / MB < r["size_mb"] < sm.uniform_bytes(4) / MB
     assert "| quarot | W3.5A8g32 |" in (out / "table.md").read_text()
+    assert len(passes) == 1  # the float model's sensitivity is measured once for both methods
 
 
 def test_sweep_on_local_ray(setup, tmp_path):

@@ -64,6 +64,16 @@ class Calibrator:
         self._scores: dict = {}
         self._errors: dict = {}
 
+    def reuse(self, other: "Calibrator") -> "Calibrator":
+        """Take what `other` has measured so far (statistics, Fisher, scores, error tables; the score
+        and error dicts are shared, so later ones land in both). Only for a fresh copy of the same
+        float model calibrated on the same batches: a sweep reloads the float model for every cell,
+        and this spares each mixed-precision cell the sensitivity passes."""
+        if (other.group_size, other.symmetric, other.layers) != (self.group_size, self.symmetric, self.layers):
+            raise ValueError("Calibrator.reuse: the calibrators differ in group size, symmetry or layers")
+        self._stats, self._fisher, self._scores, self._errors = other._stats, other._fisher, other._scores, other._errors
+        return self
+
     @property
     def stats(self):
         if self._stats is None:

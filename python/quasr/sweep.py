@@ -173,6 +173,7 @@ def quantization_groups(cfg: SweepConfig, cells: list[Cell]) -> list[list[Cell]]
 
 
 _CALIBRATION: dict[tuple, list] = {}
+_CALIBRATORS: dict[tuple, object] = {}  # mixed-precision cells: the float model's measurements (mixed.Calibrator)
 
 
 def _calibration_batches(cfg: SweepConfig, model_name: str, adapter, calib, language) -> list:
@@ -225,10 +226,17 @@ def run_group(cfg: SweepConfig, cells: list[Cell]) -> Iterator[dict]:
             from .mixed import Calibrator, quantize_to_budget
 
             g = None if group == -1 else group
+            calibrator = Calibrator(model, processor, batches, group_size=g)
+            # the float model's sensitivity, measured once per model and calibration set in this process
+            key = (first.model, tuple(c.id for c in calib), cal_language, g, cfg.batch_size, cfg.device)
+            if key in _CALIBRATORS:
+                calibrator.reuse(_CALIBRATORS[key])
+            else:
+                _CALIBRATORS.clear()
+                _CALIBRATORS[key] = calibrator
             res = quantize_to_budget(model, processor, average_bits=bits, allocation="myqasr", group_size=g,
                                      keep=tuple(cfg.keep), method=method, act_bits=act,
-                                     act_granularity=cfg.act_granularity,
-                                     calibrator=Calibrator(model, processor, batches, group_size=g))
+                                     act_granularity=cfg.act_granularity, calibrator=calibrator)
             common["bits_histogram"] = res.allocation.summary()["bits_histogram"]
         else:
             plan = config_plan(model, first.config, tuple(cfg.keep), cfg.act_granularity)
