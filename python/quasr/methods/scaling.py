@@ -293,7 +293,7 @@ class OmniQuant(Method):
         return res
 
     def quantize_block(self, jobs, block=None):
-        trainable = block is not None and all(
+        trainable = self.block_objective and block is not None and all(
             isinstance(j.module, torch.nn.Linear) and j.inputs is not None and j.rotation is None for j in jobs)
         if not trainable:
             return super().quantize_block(jobs, block)
