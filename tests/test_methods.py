@@ -240,6 +240,27 @@ def test_omniquant_block_objective_beats_rtn_on_block_outputs(family, calibrated
     assert errors["omniquant"] < errors["rtn"], errors
 
 
+def test_omniquant_layer_objective_ignores_block_calls(calibrated):
+    """Handing a block's calls to a layer-objective OmniQuant changes nothing: it trains layer by layer."""
+    from quasr.methods.pipeline import BlockCalls, capture_block_inputs
+    from quasr.plan import flat_weight
+
+    model, proc = tiny_family("whisper")
+    ad = get_adapter(model, proc)
+    block = next(b for b in ad.blocks() if b.kind == "encoder")
+    mods = {n: model.get_submodule(n) for n in block.layers}
+    calls = BlockCalls(model, block.name)
+    handle = calls.module.register_forward_pre_hook(calls.record, with_kwargs=True)
+    stats = capture_block_inputs(ad, calibrated["whisper"], mods, {}, False, 512)
+    handle.remove()
+    spec = {"bits": 3, "group_size": 32, "symmetric": False}
+    jobs = [LayerJob(n, m, dict(spec), flat_weight(m).float(), stats[n], None, False) for n, m in mods.items()]
+    method = get_method("omniquant", steps=5)
+    with_calls, alone = method.quantize_block(jobs, calls), method.quantize_block(jobs)
+    for j in jobs:
+        assert torch.equal(with_calls[j.name].weight.packed, alone[j.name].weight.packed), j.name
+
+
 def test_smoothquant_helps_8bit_activations_with_outliers():
     job = _outlier_job(bits=8, group=128, act_bits=8)
     job.inputs.samples[:, 5] *= 40  # a channel far outside the rest (per-token ranges suffer)
