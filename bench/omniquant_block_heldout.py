@@ -10,7 +10,7 @@ from heldout_batches import tiny_heldout
 
 from quasr.methods import config_plan, get_method
 from quasr.methods.pipeline import BlockCalls, LayerJob, capture_block_inputs
-from quasr.methods.scaling import _Stored
+from quasr.methods.scaling import stored_module
 from quasr.plan import flat_weight
 
 model, ad, cal, held = tiny_heldout()
@@ -18,12 +18,8 @@ blocks = ad.blocks()
 
 
 def record(block, batches, mods):
-    calls = BlockCalls(model, block.name)
-    handle = calls.module.register_forward_pre_hook(calls.record, with_kwargs=True)
-    try:
+    with BlockCalls(model, block.name).recording() as calls:
         stats = capture_block_inputs(ad, batches, mods, {}, False, 2048)
-    finally:
-        handle.remove()
     return calls, stats
 
 
@@ -42,7 +38,7 @@ for bi in map(int, sys.argv[1:]):
             method = get_method("rtn") if objective == "rtn" else get_method("omniquant", objective=objective,
                                                                                 clip="hessian")
             res = method.quantize_block(jobs, cal_calls)
-            with torch.no_grad(), held_calls.substituted({j.name: _Stored(j, res[j.name]) for j in jobs}):
+            with torch.no_grad(), held_calls.substituted({j.name: stored_module(j, res[j.name]) for j in jobs}):
                 err = sum(float(((held_calls.run(i) - t) ** 2).sum()) for i, t in enumerate(targets)) / norm
             out.append(f"{objective} {err:.3e}")
         print(f"block {bi} ({block.name}) {config}: " + " | ".join(out), flush=True)

@@ -192,15 +192,14 @@ def test_block_calls_rerun_a_block_as_the_model_runs_it(family, calibrated):
     model, proc = tiny_family(family)
     ad = get_adapter(model, proc)
     for block in [b for b in ad.blocks() if b.kind in ("encoder", "decoder")][::2]:
-        calls, seen = BlockCalls(model, block.name), []
+        seen = []
         module = model.get_submodule(block.name)
-        hooks = [module.register_forward_pre_hook(calls.record, with_kwargs=True),
-                 module.register_forward_hook(lambda m, a, out: seen.append(out[0] if isinstance(out, tuple) else out))]
-        with torch.no_grad():
+        hook = module.register_forward_hook(lambda m, a, out: seen.append(out[0] if isinstance(out, tuple) else out))
+        with BlockCalls(model, block.name).recording() as calls, torch.no_grad():
             for batch in calibrated[family]:
                 ad.forward_logits(batch)
-        for h in hooks:
-            h.remove()
+        hook.remove()
+        assert not module._forward_pre_hooks  # recording() took its hook away
         assert len(calls.calls) == len(seen) == len(calibrated[family])
         with torch.no_grad():
             for i, out in enumerate(seen):
@@ -249,10 +248,8 @@ def test_omniquant_layer_objective_ignores_block_calls(calibrated):
     ad = get_adapter(model, proc)
     block = next(b for b in ad.blocks() if b.kind == "encoder")
     mods = {n: model.get_submodule(n) for n in block.layers}
-    calls = BlockCalls(model, block.name)
-    handle = calls.module.register_forward_pre_hook(calls.record, with_kwargs=True)
-    stats = capture_block_inputs(ad, calibrated["whisper"], mods, {}, False, 512)
-    handle.remove()
+    with BlockCalls(model, block.name).recording() as calls:
+        stats = capture_block_inputs(ad, calibrated["whisper"], mods, {}, False, 512)
     spec = {"bits": 3, "group_size": 32, "symmetric": False}
     jobs = [LayerJob(n, m, dict(spec), flat_weight(m).float(), stats[n], None, False) for n, m in mods.items()]
     method = get_method("omniquant", steps=5)

@@ -99,10 +99,12 @@ def _method_options(args) -> dict:
     return out
 
 
-def _method(args, clip: str):
+def _method(args, has_audio: bool):
+    """--method with its --method-option settings; weight clipping --clip, by default Hessian-weighted
+    when there is calibration audio."""
     from .methods import get_method
 
-    return get_method(args.method, clip=clip, **_method_options(args))
+    return get_method(args.method, clip=args.clip or ("hessian" if has_audio else "mse"), **_method_options(args))
 
 
 def _calibration_waves(args):
@@ -125,8 +127,7 @@ def _quantize(model, processor, args):
     if args.clip == "hessian" and calib is None:
         raise ValueError("--clip hessian needs calibration audio: add --calib DATA (a manifest, a folder of audio, "
                          "or hf:NAME:SPLIT; no transcripts needed)")
-    clip = args.clip or ("hessian" if calib else "mse")
-    method = _method(args, clip)
+    method = _method(args, calib is not None)
     if calib is None and (method.needs_calibration or args.act_granularity == "tensor" and args.act_bits != 16):
         raise ValueError(f"--method {args.method} with these options needs calibration audio: add --calib DATA "
                          f"(a manifest, a folder of audio, or hf:NAME:SPLIT; no transcripts needed)")
@@ -136,19 +137,14 @@ def _quantize(model, processor, args):
 
 
 def _quantize_to_budget(model, processor, args):
-    from .data import load_clips
     from .mixed import quantize_to_budget
 
-    calib = None
-    if args.calib:
-        clips = load_clips(args.calib, args.calib_language, args.calib_limit)
-        calib = [c.waveform() for c in clips]
-    method = _method(args, args.clip or ("hessian" if calib else "mse")) if _method_options(args) else args.method
+    calib = _calibration_waves(args)
     return quantize_to_budget(model, processor, args.budget_mb, calib, args.allocation, args.sensitivity, args.error,
                               args.clip, args.group_size, args.symmetric, tuple(args.keep), args.calib_language,
                               args.batch_size, args.avg_bits, args.seed, progress=sys.stderr.isatty(),
-                              method=method, act_bits=args.act_bits, act_granularity=args.act_granularity,
-                              act_symmetric=args.act_symmetric)
+                              method=_method(args, calib is not None), act_bits=args.act_bits,
+                              act_granularity=args.act_granularity, act_symmetric=args.act_symmetric)
 
 
 def _summary(label: str, r: dict) -> str:

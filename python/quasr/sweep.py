@@ -252,11 +252,6 @@ def run_group(cfg: SweepConfig, cells: list[Cell]) -> Iterator[dict]:
                **{k: v for k, v in r.items() if k != "transcripts"}}
 
 
-def run_cell(cfg: SweepConfig, cell: Cell) -> dict:
-    """Quantize and evaluate one cell; returns its row (everything but transcripts)."""
-    return next(run_group(cfg, [cell]))
-
-
 def _run_group_rows(cfg: SweepConfig, cells: list[Cell]) -> list[dict]:
     return list(run_group(cfg, cells))
 

@@ -13,6 +13,7 @@ them into packed weights and input transforms, and `swap` installs them before t
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -200,31 +201,35 @@ class BlockCalls:
         with torch.no_grad():
             return [self.run(i) for i in range(len(self.calls))]
 
+    @contextmanager
+    def recording(self):
+        """Context: every call of the block is recorded (run the calibration pass inside it)."""
+        handle = self.module.register_forward_pre_hook(self.record, with_kwargs=True)
+        try:
+            yield self
+        finally:
+            handle.remove()
+
+    @contextmanager
     def substituted(self, modules: dict[str, nn.Module]):
         """Context: the block's layers (full names) replaced by `modules`, the block's own parameters
         frozen (a method training its substitutes must not touch them)."""
-        from contextlib import contextmanager
-
-        @contextmanager
-        def ctx():
-            saved, frozen = {}, [p for p in self.module.parameters() if p.requires_grad]
+        saved, frozen = {}, [p for p in self.module.parameters() if p.requires_grad]
+        for p in frozen:
+            p.requires_grad_(False)
+        try:
+            for name, sub in modules.items():
+                parent, _, child = name.rpartition(".")
+                holder = self.model.get_submodule(parent)
+                saved[name] = getattr(holder, child)
+                setattr(holder, child, sub)
+            yield
+        finally:
+            for name, orig in saved.items():
+                parent, _, child = name.rpartition(".")
+                setattr(self.model.get_submodule(parent), child, orig)
             for p in frozen:
-                p.requires_grad_(False)
-            try:
-                for name, sub in modules.items():
-                    parent, _, child = name.rpartition(".")
-                    holder = self.model.get_submodule(parent)
-                    saved[name] = getattr(holder, child)
-                    setattr(holder, child, sub)
-                yield
-            finally:
-                for name, orig in saved.items():
-                    parent, _, child = name.rpartition(".")
-                    setattr(self.model.get_submodule(parent), child, orig)
-                for p in frozen:
-                    p.requires_grad_(True)
-
-        return ctx()
+                p.requires_grad_(True)
 
 
 class BlockOutputCache:
@@ -458,17 +463,12 @@ def _quantize_block(adapter, block, final, method, batches, tied, cache) -> None
     mods = {n: model.get_submodule(n) for n in block.layers if n in names}
     rotations = {n: rotation_for(n, flat_weight(m).shape[1]) for n, m in mods.items() if final[n].get("rotate")}
     static = any(final[n].get("act_granularity") == "tensor" for n in names)
-    calls = None
-    if batches and method.block_objective and block.kind in ("encoder", "decoder"):
-        calls = BlockCalls(model, block.name)
-        handle = calls.module.register_forward_pre_hook(calls.record, with_kwargs=True)
-    try:
+    calls = (BlockCalls(model, block.name) if batches and method.block_objective and block.kind in ("encoder", "decoder")
+             else None)
+    with calls.recording() if calls is not None else nullcontext():
         stats = (capture_block_inputs(adapter, batches, mods, rotations, method.needs_hessian, method.max_samples,
                                       cache=cache)
                  if batches and (method.needs_calibration or static) else {})
-    finally:
-        if calls is not None:
-            handle.remove()
     jobs = []
     for n, m in mods.items():
         w = flat_weight(m).to(torch.float32)

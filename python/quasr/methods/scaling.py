@@ -20,19 +20,23 @@ from .pipeline import LayerJob, LayerResult, Method
 from .weight_only import rtn_layer
 
 
+def stored_output(job: LayerJob, w: torch.Tensor, input_mul: torch.Tensor | None,
+                  input_shift: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    """The layer as quasr stores it, in plain torch, bias left out: fq((x - shift) * input_mul) w^T
+    + shift W^T, w the dequantized weight, fq the layer's activation quantizer (the shift's W^T term
+    is what the bias absorbs)."""
+    if input_shift is None:
+        return reference_input_transform(x, input_mul, job.act) @ w.T
+    return reference_input_transform(x - input_shift, input_mul, job.act) @ w.T + input_shift @ job.weight.T
+
+
 def layer_output_error(job: LayerJob, pw, input_mul: torch.Tensor | None,
                        input_shift: torch.Tensor | None = None, x: torch.Tensor | None = None) -> float:
     """Mean squared error of the layer's output on the calibration samples (or rows `x`): x W^T
-    (float, bias left out) against fq((x - shift) * input_mul) Q^T + shift W^T, fq the layer's
-    activation quantizer (the shift's W^T term is what the bias absorbs)."""
+    (float, bias left out) against `stored_output`."""
     x = job.inputs.samples if x is None else x
-    y = x @ job.weight.T
-    if input_shift is None:
-        yq = reference_input_transform(x, input_mul, job.act) @ dequantize(pw).to(x.device).T
-    else:
-        yq = (reference_input_transform(x - input_shift, input_mul, job.act) @ dequantize(pw).to(x.device).T
-              + input_shift @ job.weight.T)
-    return float(((y - yq) ** 2).mean())
+    yq = stored_output(job, dequantize(pw).to(x.device), input_mul, input_shift, x)
+    return float(((x @ job.weight.T - yq) ** 2).mean())
 
 
 def _scaled_importance(method: Method, job: LayerJob, s: torch.Tensor) -> torch.Tensor | None:
@@ -128,7 +132,7 @@ class _OmniLayer:
         self.n, self.k = w.shape
         self.g, self.padded = resolve_group_size(job.spec["group_size"], self.k)
         self.let = method.let and not job.tied
-        self.use_shift = self.let and with_shift and method.shifts(job)
+        self.use_shift = with_shift and method.shifts(job)
         dev = w.device  # trained where the weights live (CPU or GPU)
         shift = torch.zeros(self.k, device=dev)
         if self.use_shift:
@@ -182,30 +186,23 @@ class _OmniLayer:
                                input_shift=self.shift.detach().clone() if self.use_shift else None)
 
 
-class _Stored(torch.nn.Module):
-    """A Linear as quasr will store it (a LayerResult), in plain torch: scores a block's candidates."""
+class _AsLinear(torch.nn.Module):
+    """Stands in for a block's Linear while OmniQuant trains or scores the block: `output` (bias left
+    out) plus the layer's own bias."""
 
-    def __init__(self, job: LayerJob, res: LayerResult):
+    def __init__(self, output, bias: torch.Tensor | None):
         super().__init__()
-        self.job, self.res, self.w = job, res, dequantize(res.weight)
-        self.bias = job.module.bias
+        self.output, self.bias = output, bias
 
     def forward(self, x):
-        shift = self.res.input_shift
-        y = reference_input_transform(x if shift is None else x - shift, self.res.input_mul, self.job.act) @ self.w.T
-        if shift is not None:
-            y = y + shift @ self.job.weight.T
+        y = self.output(x)
         return y if self.bias is None else y + self.bias
 
 
-class _Training(torch.nn.Module):
-    def __init__(self, layer: _OmniLayer):
-        super().__init__()
-        self.layer, self.bias = layer, layer.job.module.bias
-
-    def forward(self, x):
-        y = self.layer(x)
-        return y if self.bias is None else y + self.bias
+def stored_module(job: LayerJob, res: LayerResult) -> torch.nn.Module:
+    """The Linear of `job` as quasr will store `res`, in plain torch (for rerunning its block)."""
+    w = dequantize(res.weight)
+    return _AsLinear(lambda x: stored_output(job, w, res.input_mul, res.input_shift, x), job.module.bias)
 
 
 class OmniQuant(Method):
@@ -257,9 +254,10 @@ class OmniQuant(Method):
         return bool(self.let and self.let_shift)
 
     def shifts(self, job: LayerJob) -> bool:
-        """Whether a shift can apply to this layer: it re-centres what the activation quantizer
-        sees, so only with activation quantization (and not on grouped convs)."""
-        return job.act is not None and not is_grouped_conv(job.module)
+        """Whether a LET shift can apply to this layer: it is part of LET (on, and the layer not tied
+        to an embedding) and re-centres what the activation quantizer sees, so only with activation
+        quantization (and not on grouped convs)."""
+        return self.let and not job.tied and job.act is not None and not is_grouped_conv(job.module)
 
     @property
     def block_objective(self) -> bool:
@@ -282,7 +280,7 @@ class OmniQuant(Method):
         if job.inputs is None:
             return LayerResult(base)
         x = job.inputs.samples
-        if self.let_shift == "auto" and self.let and not job.tied and self.shifts(job):
+        if self.let_shift == "auto" and self.shifts(job):
             order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))
             fit, check = x[order[: x.shape[0] * 3 // 4]], x[order[x.shape[0] * 3 // 4:]]
             res = min((self._train_layer(job, shift, fit) for shift in (False, True)),
@@ -302,7 +300,8 @@ class OmniQuant(Method):
         targets = block.outputs()  # the float block (its layers are not swapped yet)
         opt = torch.optim.Adam([p for lay in layers.values() for p in lay.params()], lr=self.lr)
         gen = torch.Generator().manual_seed(0)
-        with block.substituted({n: _Training(lay) for n, lay in layers.items()}), torch.enable_grad():
+        training = {j.name: _AsLinear(layers[j.name], j.module.bias) for j in jobs}
+        with block.substituted(training), torch.enable_grad():
             for step in range(self.steps):
                 i = step % len(block.calls)
                 rows = torch.randperm(block.n_sequences(i), generator=gen)[: self.block_clips]
@@ -312,10 +311,9 @@ class OmniQuant(Method):
                 opt.step()
         trained = {n: lay.pack() for n, lay in layers.items()}
         rtn = {j.name: LayerResult(rtn_layer(j, self.clip)) for j in jobs}
-        by_job = {j.name: j for j in jobs}
 
         def error(results):
-            with block.substituted({n: _Stored(by_job[n], r) for n, r in results.items()}):
+            with block.substituted({j.name: stored_module(j, results[j.name]) for j in jobs}):
                 return sum(float(((block.run(i) - t) ** 2).mean()) for i, t in enumerate(targets))
 
         return trained if error(trained) < error(rtn) else rtn
