@@ -166,3 +166,23 @@ def test_sweep_with_no_calibration_clips_left_is_named(setup):
     cfg = SweepConfig.load(_config(setup, datasets=[{"name": "all", "data": str(setup / "manifest.jsonl")}]))
     with pytest.raises(ValueError, match="no calibration clips left for dataset 'all'.*lower the datasets' `limit`"):
         quantization_groups(cfg, cfg.cells())
+
+
+def test_misused_sweep_internals_are_named(setup):
+    """Sharing measurements across unlike calibrators, or one quantization across unlike cells, is
+    refused with the reason."""
+    from quasr.adapters import get_adapter
+    from quasr.mixed import Calibrator
+    from quasr.sweep import Cell, run_group
+
+    model, proc = tiny_family("whisper")
+    batches = get_adapter(model, proc).calibration_batches([np.zeros(16000, np.float32) + 0.01 * np.sin(
+        np.arange(16000, dtype=np.float32))])
+    a, b = Calibrator(model, proc, batches, group_size=32), Calibrator(model, proc, batches, group_size=64)
+    with pytest.raises(ValueError, match="differ in group size"):
+        b.reuse(a)
+    assert Calibrator(model, proc, batches, group_size=32).reuse(a)._scores is a._scores
+    cfg = SweepConfig.load(_config(setup))
+    cells = [Cell(cfg.models[0], "rtn", "W4A16", "synth"), Cell(cfg.models[0], "gptq", "W4A16", "synth")]
+    with pytest.raises(ValueError, match="do not share a model, method and config"):
+        next(run_group(cfg, cells))
