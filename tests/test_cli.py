@@ -14,7 +14,7 @@ def test_quantize_eval_transcribe(tmp_path, speech_dir, capsys, whisper_tiny_en)
     assert main(["eval", str(out), "--data", str(speech_dir / "prompts"), "--language", "en", "--limit", "3", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["n_clips"] == 3 and 0 <= r["wer"] < 50 and r["size_mb"] == pytest.approx(q["size_mb"])
-    for key in ("seconds", "rtf", "audio_seconds", "avg_bits"):
+    for key in ("seconds", "rtf", "audio_seconds", "avg_bits", "load_avg_1min"):
         assert key in r
     jfk = str(speech_dir / "clips" / "audio" / "jfk__jfk.flac")
     assert main(["transcribe", str(out), jfk, "--json"]) == 0

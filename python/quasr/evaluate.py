@@ -4,6 +4,7 @@ efficiency metrics of docs/METRICS.md (MACs, BOPs, memory I/O per second of audi
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -77,6 +78,8 @@ def evaluate(model, processor, clips: list[Clip], language: str | None = None, b
         "rtf": seconds / audio_seconds if audio_seconds else None,
         "latency_per_clip_s": seconds / len(clips),
         "n_threads": torch.get_num_threads(),
+        # other jobs on the machine inflate the timings: a reader can tell a quiet run from a busy one
+        "load_avg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         **counter.counts.per_second(audio_seconds),
     }
     if labelled:
