@@ -18,7 +18,7 @@ def _packed(module: nn.Module, bits=4, act_bits=None, rotate=False) -> nn.Module
     return model
 
 
-@pytest.mark.parametrize("rotate", [False, True])
+@pytest.mark.parametrize("rotate", [False, True, "learned"])
 @pytest.mark.parametrize("act_bits", [None, 8])
 def test_linear_counts(rotate, act_bits):
     k, n, rows = 64, 48, 10
@@ -28,11 +28,15 @@ def test_linear_counts(rotate, act_bits):
     ab = act_bits or 16
     rot = rows * k * sum(rotation_factors(k)) if rotate else 0
     assert c.counts.macs == rows * k * n + rot and c.counts.rotation_macs == rot
-    assert c.counts.bops == rows * k * n * 4 * ab + rot * 256
+    rot_bops = rot * (256 if rotate == "learned" else 16)  # Hadamard entries are 1-bit (+-1)
+    assert c.counts.rotation_bops == rot_bops
+    assert c.counts.bops == rows * k * n * 4 * ab + rot_bops
     act = rows * k * ab / 8 + rows * n * 2 + (2 * rows * k * 2 if rotate else 0)
     assert c.counts.act_bytes == act
     q = model[0]
     stored = q.packed.numel() + q.scales.numel() * 2 + q.zeros.numel() * 2 + q.bias.numel() * 4 + (k if rotate else 0)
+    if rotate == "learned":  # the fp32 factors [a, a] and [b, b] are read too
+        stored += 4 * sum(f * f for f in rotation_factors(k))
     assert c.counts.weight_bytes == stored
 
 

@@ -186,3 +186,23 @@ def test_misused_sweep_internals_are_named(setup):
     cells = [Cell(cfg.models[0], "rtn", "W4A16", "synth"), Cell(cfg.models[0], "gptq", "W4A16", "synth")]
     with pytest.raises(ValueError, match="do not share a model, method and config"):
         next(run_group(cfg, cells))
+
+
+def test_rows_counted_before_rotation_bops_get_todays_accounting(tmp_path):
+    """Old rows counted every online rotation at 16 x 16 bits; reading them recounts QuaRot's Hadamard
+    factors at 1 x 16 (exactly, from the recorded rotation MACs) and leaves SpinQuant's, new rows and
+    rotation-free rows alone."""
+    base = {"model": "m", "config": "W4A4", "dataset": "en", "wer": 1.0, "size_mb": 1.0, "n_clips": 1,
+            "mem_io_mb_per_audio_s": 1.0, "rtf": 0.1}
+    old_quarot = {**base, "method": "quarot", "gbops_per_audio_s": 100.0 + 2.0 * 256, "rotation_gmacs_per_audio_s": 2.0}
+    old_spin = {**base, "method": "spinquant", "gbops_per_audio_s": 100.0 + 2.0 * 256, "rotation_gmacs_per_audio_s": 2.0}
+    new = {**base, "method": "quarot", "config": "W4A8", "gbops_per_audio_s": 132.0, "rotation_gmacs_per_audio_s": 2.0,
+           "rotation_gbops_per_audio_s": 32.0}
+    plain = {**base, "method": "rtn", "gbops_per_audio_s": 100.0, "rotation_gmacs_per_audio_s": 0.0}
+    (tmp_path / "cells.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (old_quarot, old_spin, new, plain)))
+    rows = Sweep(SweepConfig(models=["m"]), tmp_path).finished()
+    assert rows["m|quarot|W4A4|en"]["gbops_per_audio_s"] == pytest.approx(100.0 + 2.0 * 16)
+    assert rows["m|quarot|W4A4|en"]["rotation_gbops_per_audio_s"] == pytest.approx(32.0)
+    assert rows["m|spinquant|W4A4|en"]["gbops_per_audio_s"] == pytest.approx(100.0 + 2.0 * 256)
+    assert rows["m|quarot|W4A8|en"] == new
+    assert rows["m|rtn|W4A4|en"]["gbops_per_audio_s"] == 100.0

@@ -6,7 +6,9 @@ pass and every decoder step of the greedy generation that produced the transcrip
                input rotation of QuaRot/SpinQuant layers: rows x K x (a + b) for the Kronecker
                factors a x b = K (also reported alone as rotation MACs)
   BOPs         MACs x weight bits x activation bits (float weights and unquantized activations
-               count as 16 bits: Edge-ASR's A16/fp16 deployment convention)
+               count as 16 bits: Edge-ASR's A16/fp16 deployment convention); a rotation's MACs
+               count at 16-bit activations times 1-bit weights for QuaRot's Hadamard factors
+               (entries +-1) or 16-bit ones for SpinQuant's learned factors
   weight bytes the layer's stored weight read once per call (packed codes + fp16 scales/zeros, or
                the float weight at 16 bits) plus its bias and transform vectors
   act bytes    input rows x K at the activation width (16 bits if not quantized) + output rows x N
@@ -27,6 +29,7 @@ from .nn import QuantConv1d, QuantLinear
 from .rotation import rotation_factors
 
 FLOAT_BITS = 16
+HADAMARD_BITS = 1  # the width of a Hadamard matrix entry (+-1) in the BOPs of QuaRot's online rotation
 
 
 @dataclass
@@ -35,14 +38,16 @@ class Counts:
     bops: float = 0.0
     weight_bytes: float = 0.0
     act_bytes: float = 0.0
-    rotation_macs: float = 0.0  # part of macs (and of bops, at 16 x 16 bits)
+    rotation_macs: float = 0.0  # part of macs
+    rotation_bops: float = 0.0  # part of bops: Hadamard factors at 1 x 16 bits, learned ones at 16 x 16
 
     def per_second(self, audio_seconds: float) -> dict:
         s = max(audio_seconds, 1e-9)
         return {"gmacs_per_audio_s": self.macs / s / 1e9, "gbops_per_audio_s": self.bops / s / 1e9,
                 "weight_mb_per_audio_s": self.weight_bytes / s / 1e6, "act_mb_per_audio_s": self.act_bytes / s / 1e6,
                 "mem_io_mb_per_audio_s": (self.weight_bytes + self.act_bytes) / s / 1e6,
-                "rotation_gmacs_per_audio_s": self.rotation_macs / s / 1e9}
+                "rotation_gmacs_per_audio_s": self.rotation_macs / s / 1e9,
+                "rotation_gbops_per_audio_s": self.rotation_bops / s / 1e9}
 
 
 def _layer_profile(m: nn.Module) -> tuple[int, int, int, int, float]:
@@ -92,7 +97,11 @@ class EfficiencyCounter:
             rot = rows * groups * k * (a + b)
             c.rotation_macs += rot
             c.macs += rot
-            c.bops += rot * FLOAT_BITS * FLOAT_BITS
+            # a Hadamard factor's entries are +-1 (1-bit weights: its products are sign flips, the MACs
+            # additions); SpinQuant's learned factors are real 16-bit weights
+            rot_bits = FLOAT_BITS if getattr(m, "rotation_left", None) is not None else HADAMARD_BITS
+            c.rotation_bops += rot * rot_bits * FLOAT_BITS
+            c.bops += rot * rot_bits * FLOAT_BITS
             c.act_bytes += 2 * rows * groups * k * FLOAT_BITS / 8
 
     def __exit__(self, *exc):
