@@ -18,8 +18,9 @@ import torch
 from quasr.evaluate import transcribe
 from quasr.methods import config_plan, get_method, quantize
 from quasr.adapters import get_adapter
+from quasr.audio import SAMPLE_RATE
+from quasr.data import load_clips
 from quasr.models import load_model
-from quasr.sweep import _clips
 
 VARIANTS = [("float", ""), ("rtn", "W8A16"), ("rtn", "W4A16"), ("rtn", "W8A8"), ("rtn", "W4A8"), ("rtn", "W4A4"),
             ("quarot", "W4A4")]
@@ -39,9 +40,9 @@ def main():
         raise SystemExit("the machine is busy (load average > 0.5): timings would measure the other jobs; "
                          "stop them or pass --force")
     torch.set_num_threads(a.threads)
-    clips = _clips("../shared/speech/prompts/manifest.jsonl", "en", a.clips)
+    clips = load_clips("../shared/speech/prompts/manifest.jsonl", "en", a.clips)
     waves = [c.waveform() for c in clips]
-    audio_s = sum(len(w) for w in waves) / 16000
+    audio_s = sum(len(w) for w in waves) / SAMPLE_RATE
     base, processor = load_model(a.model)
     models = {}
     for method, config in VARIANTS:

@@ -100,8 +100,9 @@ class EfficiencyCounter:
             # a Hadamard factor's entries are +-1 (1-bit weights: its products are sign flips, the MACs
             # additions); SpinQuant's learned factors are real 16-bit weights
             rot_bits = FLOAT_BITS if getattr(m, "rotation_left", None) is not None else HADAMARD_BITS
-            c.rotation_bops += rot * rot_bits * FLOAT_BITS
-            c.bops += rot * rot_bits * FLOAT_BITS
+            rot_bops = rot * rot_bits * FLOAT_BITS
+            c.rotation_bops += rot_bops
+            c.bops += rot_bops
             c.act_bytes += 2 * rows * groups * k * FLOAT_BITS / 8
 
     def __exit__(self, *exc):
