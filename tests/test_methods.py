@@ -286,6 +286,20 @@ def test_hadamard_matrices_are_hadamard(n):
     assert torch.equal(h @ h.T, n * torch.eye(n, dtype=torch.float64))
 
 
+def test_hadamard_structure_is_sylvester_times_the_core():
+    """The native rotation applies hadamard(n) as a fast Walsh-Hadamard transform of order s times a
+    dense core of order c: that must be exactly the matrix hadamard() builds (saved models fold it)."""
+    from quasr.rotation import hadamard_structure
+
+    for n in range(1, 1300):
+        st = hadamard_structure(n)
+        assert (st is None) == (hadamard(n) is None), n
+        if st is not None and (n <= 320 or n in (416, 832, 1040, 1280)):
+            s, c = st
+            assert s & (s - 1) == 0 and s * c == n
+            assert torch.equal(torch.kron(hadamard(s), hadamard(c)), hadamard(n)), n
+
+
 @pytest.mark.parametrize("k", [240, 384, 416, 512, 768, 1152, 1536, 1664, 2496, 2912, 3072])
 def test_rotations_cover_model_widths_and_are_orthogonal(k):
     a, b = rotation_factors(k)

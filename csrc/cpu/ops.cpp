@@ -5,6 +5,7 @@
 #include <ATen/ops/constant_pad_nd.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
+#include <ATen/ops/mul.h>
 #include <Python.h>
 #include <torch/library.h>
 
@@ -12,6 +13,7 @@
 #include <vector>
 
 #include "qgemm.h"
+#include "rotate.h"
 
 namespace {
 
@@ -136,6 +138,72 @@ at::Tensor dequantize_cpu(const at::Tensor& packed, const at::Tensor& scales, co
   return Kp == in_features ? out : out.narrow(1, 0, in_features);
 }
 
+// Row parts (rows x K / order) from which a dense last factor runs as one BLAS GEMM (bench/rotation.py).
+constexpr int64_t kGemmLastMinRows = 256;
+
+// y = (x * signs) (F_0 kron ... kron F_{n-1}) * scale along the last dim (rotate.h): the online
+// rotation of QuaRot/SpinQuant layers. dense[i] None: Sylvester Hadamard of orders[i].
+at::Tensor rotate_cpu(const at::Tensor& x, const std::optional<at::Tensor>& signs, at::IntArrayRef orders,
+                      const c10::List<std::optional<at::Tensor>>& dense, double scale, int64_t kernel) {
+  TORCH_CHECK(x.device().is_cpu(), "quasr::rotate: CPU kernel got a non-CPU tensor");
+  TORCH_CHECK(x.dim() >= 1, "quasr::rotate: x must have a last dimension");
+  TORCH_CHECK(kernel == 0 || kernel == 3, "quasr::rotate: kernel must be 0 (auto) or 3 (scalar), got ", kernel);
+  TORCH_CHECK(!orders.empty() && static_cast<int64_t>(dense.size()) == static_cast<int64_t>(orders.size()),
+              "quasr::rotate: one dense entry (or None) per order");
+  const int64_t K = x.size(-1);
+  int64_t prod = 1;
+  std::vector<at::Tensor> keep;
+  std::vector<quasr::RotationFactor> factors;
+  for (size_t i = 0; i < orders.size(); ++i) {
+    const int64_t n = orders[i];
+    TORCH_CHECK(n >= 1, "quasr::rotate: orders must be positive");
+    prod *= n;
+    const std::optional<at::Tensor> d = dense.get(i);
+    if (d.has_value()) {
+      TORCH_CHECK(d->scalar_type() == at::kFloat && d->dim() == 2 && d->size(0) == n && d->size(1) == n,
+                  "quasr::rotate: dense factor ", i, " must be float32 [", n, ", ", n, "]");
+      keep.push_back(d->contiguous());
+      factors.push_back({n, keep.back().data_ptr<float>()});
+    } else {
+      TORCH_CHECK((n & (n - 1)) == 0, "quasr::rotate: a Sylvester factor needs a power-of-two order, got ", n);
+      factors.push_back({n, nullptr});
+    }
+  }
+  TORCH_CHECK(prod == K, "quasr::rotate: the orders multiply to ", prod, " but rows have ", K, " elements");
+  at::Tensor signs_c;
+  if (signs.has_value()) {
+    TORCH_CHECK(signs->numel() == K, "quasr::rotate: signs must have ", K, " elements");
+    signs_c = signs->to(at::kChar).contiguous();
+  }
+  at::Tensor xc = x.to(at::kFloat).contiguous();
+  at::Tensor y = at::empty(xc.sizes(), xc.options());
+  quasr::RotateArgs args{};
+  args.x = xc.data_ptr<float>();
+  args.signs = signs_c.defined() ? signs_c.data_ptr<int8_t>() : nullptr;
+  args.y = y.data_ptr<float>();
+  args.K = K;
+  args.M = K == 0 ? 0 : xc.numel() / K;
+  args.factors = factors.data();
+  args.n_factors = args.n_applied = static_cast<int>(factors.size());
+  args.scale = static_cast<float>(scale);
+  // A dense last factor (a Paley core or a learned factor, contiguous along the row) is one GEMM over
+  // all row parts: BLAS reuses each loaded factor entry across many rows, the per-row path cannot.
+  const quasr::RotationFactor last = factors.back();
+  const bool gemm_last = kernel == 0 && last.dense != nullptr && args.M * (K / last.order) >= kGemmLastMinRows;
+  if (gemm_last) {
+    args.n_applied -= 1;
+    args.scale = 1.f;
+  }
+  const int64_t scratch = quasr::rotate_scratch_floats(args);
+  at::parallel_for(0, args.M, 16, [&](int64_t b, int64_t e) {
+    std::vector<float> buf(scratch);
+    if (kernel == 3) quasr::rotate_rows_scalar(args, b, e, buf.data()); else quasr::rotate_rows(args, b, e, buf.data());
+  });
+  if (!gemm_last) return y;
+  at::Tensor parts = y.view({-1, last.order});
+  return at::mm(parts, keep.back()).mul_(scale).view(xc.sizes());
+}
+
 bool cpu_has_avx2() { return quasr::cpu_has_avx2_fma(); }
 
 }  // namespace
@@ -146,12 +214,14 @@ TORCH_LIBRARY(quasr, m) {
       "int in_features, int kernel=0, Tensor? input_mul=None, int act_bits=0, bool act_symmetric=False, "
       "float act_scale=0., float act_zero=0.) -> Tensor");
   m.def("dequantize(Tensor packed, Tensor scales, Tensor? zeros, int bits, int group_size, int in_features) -> Tensor");
+  m.def("rotate(Tensor x, Tensor? signs, int[] orders, Tensor?[] dense, float scale, int kernel=0) -> Tensor");
   m.def("cpu_has_avx2() -> bool", &cpu_has_avx2);
 }
 
 TORCH_LIBRARY_IMPL(quasr, CPU, m) {
   m.impl("qlinear", &qlinear_cpu);
   m.impl("dequantize", &dequantize_cpu);
+  m.impl("rotate", &rotate_cpu);
 }
 
 // `import quasr._C` loads this library, which runs the registrations above. No Python API here.

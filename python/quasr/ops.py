@@ -5,6 +5,11 @@ dispatch point between native kernels and the plain-torch reference.
 `x @ dequant(W).T + bias` from the packed format (format.py). The CPU implementation lives in
 csrc/cpu (quasr._C). `kernel` picks a path for tests and benchmarks: 0 auto (by M), 1 GEMV, 2 GEMM,
 3 portable scalar, 4 dequantized tiles + torch's BLAS (large M).
+
+`quasr::rotate(x, signs, orders, dense, scale, kernel=0)` is the online rotation of QuaRot/SpinQuant
+layers, (x * signs) (F_0 kron F_1 ...) * scale along the last dim, each factor a fast Walsh-Hadamard
+transform (dense[i] None) or a small dense matrix; rotation.Rotation.apply dispatches to it and
+rotation.Rotation.reference_apply is its plain-torch reference (csrc/cpu/rotate.h).
 """
 
 from __future__ import annotations
@@ -34,6 +39,10 @@ if NATIVE_CPU:
                       act_bits=0, act_symmetric=False, act_scale=0.0, act_zero=0.0):
         torch._check(x.shape[-1] == in_features)
         return x.new_empty((*x.shape[:-1], packed.shape[0]))
+
+    @torch.library.register_fake("quasr::rotate")
+    def _rotate_fake(x, signs, orders, dense, scale, kernel=0):
+        return x.new_empty(x.shape, dtype=torch.float32)
 
     @torch.library.register_fake("quasr::dequantize")
     def _dequantize_fake(packed, scales, zeros, bits, group_size, in_features):

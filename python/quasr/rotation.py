@@ -21,6 +21,7 @@ import math
 
 import torch
 
+from . import ops
 
 def _is_prime(n: int) -> bool:
     return n >= 2 and all(n % d for d in range(2, int(n**0.5) + 1))
@@ -62,6 +63,23 @@ def hadamard(n: int) -> torch.Tensor | None:
         return torch.kron(c, off_zero) + torch.kron(torch.eye(q + 1, dtype=torch.float64), on_zero)
     half = hadamard(n // 2)
     return None if half is None else _double(half)
+
+
+@functools.lru_cache(maxsize=None)
+def hadamard_structure(n: int) -> tuple[int, int] | None:
+    """(s, c) with hadamard(n) == S_s kron hadamard(c): S_s the Sylvester matrix of order s (a power of
+    two, applied by a fast Walsh-Hadamard transform) and c the order of the core that hadamard()
+    builds directly (1, or a Paley order). Mirrors hadamard()'s construction, since doubling is
+    kron with S_2. None where hadamard(n) is None."""
+    if n == 1 or n == 2 or (n % 4 == 0 and _is_power_of_two(n)):
+        return (n, 1)
+    if n % 4:
+        return None
+    q = n // 2 - 1
+    if n <= _MAX_PALEY and ((_is_prime(n - 1) and (n - 1) % 4 == 3) or (_is_prime(q) and q % 4 == 1)):
+        return (1, n)
+    half = hadamard_structure(n // 2)
+    return None if half is None else (2 * half[0], half[1])
 
 
 def _double(h: torch.Tensor | None) -> torch.Tensor | None:
@@ -114,6 +132,7 @@ class Rotation:
             raise ValueError(f"rotation factors for k={k} must be [{self.a}, {self.a}] and [{self.b}, {self.b}], "
                              f"got {list(left.shape)} and {list(right.shape)}")
         self.left, self.right = left, right
+        self._native = None  # native_factors(), built on first use
 
     @property
     def learned(self) -> bool:
@@ -125,8 +144,42 @@ class Rotation:
             return self.left.to(device, torch.float32), self.right.to(device, torch.float32)
         return (_factor(self.a, device) * (1.0 / math.sqrt(self.a)), _factor(self.b, device) * (1.0 / math.sqrt(self.b)))
 
+    def native_factors(self) -> tuple[list[int], list[torch.Tensor | None], float]:
+        """The rotation as the native kernel takes it (csrc/cpu/rotate.h): axis orders, a dense
+        float32 matrix per axis or None for a Sylvester axis (fast Walsh-Hadamard), and the final
+        scale. Adjacent Sylvester axes merge (S_p kron S_q = S_pq)."""
+        if self._native is None:
+            if self.learned:
+                self._native = ([self.a, self.b], [self.left.to(torch.float32).contiguous(),
+                                                   self.right.to(torch.float32).contiguous()], 1.0)
+            else:
+                orders, dense = [], []
+                for n in (self.a, self.b):
+                    syl, core = hadamard_structure(n)
+                    for order, mat in ((syl, None), (core, _factor_cpu(core))):
+                        if order == 1:
+                            continue
+                        if mat is None and dense and dense[-1] is None:
+                            orders[-1] *= order
+                        else:
+                            orders.append(order)
+                            dense.append(mat)
+                self._native = (orders or [1], dense or [None], 1.0 / math.sqrt(self.k))
+        return self._native
+
     def apply(self, x: torch.Tensor) -> torch.Tensor:
-        """x [..., k] -> x M (float32)."""
+        """x [..., k] -> x M (float32): the native kernel on CPU at inference, else the plain-torch
+        reference (kron_apply), which is also what gradients flow through (SpinQuant training)."""
+        if x.device.type == "cpu" and ops.use_native() and not (torch.is_grad_enabled() and self._needs_grad(x)):
+            orders, dense, scale = self._native or self.native_factors()
+            return torch.ops.quasr.rotate(x, self.signs, orders, dense, scale)
+        return self.reference_apply(x)
+
+    def _needs_grad(self, x: torch.Tensor) -> bool:
+        return x.requires_grad or (self.learned and (self.left.requires_grad or self.right.requires_grad))
+
+    def reference_apply(self, x: torch.Tensor) -> torch.Tensor:
+        """x [..., k] -> x M (float32) in plain torch: two small matmuls on the [a, b] view."""
         dev = x.device
         xs = x.to(torch.float32) * self.signs.to(device=dev, dtype=torch.float32)
         if self.learned:
