@@ -5,7 +5,6 @@
 #include <ATen/ops/constant_pad_nd.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
-#include <ATen/ops/mul.h>
 #include <Python.h>
 #include <torch/library.h>
 
@@ -182,7 +181,7 @@ at::Tensor rotate_cpu(const at::Tensor& x, const std::optional<at::Tensor>& sign
   args.signs = signs_c.defined() ? signs_c.data_ptr<int8_t>() : nullptr;
   args.y = y.data_ptr<float>();
   args.K = K;
-  args.M = K == 0 ? 0 : xc.numel() / K;
+  args.M = xc.numel() / K;  // K >= 1: the orders multiply to it
   args.factors = factors.data();
   args.n_factors = args.n_applied = static_cast<int>(factors.size());
   args.scale = static_cast<float>(scale);

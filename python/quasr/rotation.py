@@ -23,6 +23,7 @@ import torch
 
 from . import ops
 
+
 def _is_prime(n: int) -> bool:
     return n >= 2 and all(n % d for d in range(2, int(n**0.5) + 1))
 
@@ -42,35 +43,39 @@ _MAX_PALEY = 1024  # larger orders come from Sylvester doubling (cheap) instead
 @functools.lru_cache(maxsize=None)
 def hadamard(n: int) -> torch.Tensor | None:
     """A Hadamard matrix of order n (float64, entries +-1, H H^T = n I), or None if quasr cannot
-    build one."""
+    build one: the core hadamard_structure() names, doubled ([[H, H], [H, -H]]) up to order n."""
+    st = hadamard_structure(n)
+    if st is None:
+        return None
+    h = _core(st[1])
+    while h.shape[0] < n:
+        h = _double(h)
+    return h
+
+
+def _core(n: int) -> torch.Tensor:
+    """The order-n matrix hadamard() starts from: 1, or a Paley construction."""
     if n == 1:
         return torch.ones(1, 1, dtype=torch.float64)
-    if n == 2 or (n % 4 == 0 and _is_power_of_two(n)):
-        return _double(hadamard(n // 2))
-    if n % 4:
-        return None
-    if n <= _MAX_PALEY and _is_prime(n - 1) and (n - 1) % 4 == 3:  # Paley I: I + S, S skew
+    if _is_prime(n - 1) and (n - 1) % 4 == 3:  # Paley I: I + S, S skew
         q = n - 1
         s = torch.zeros(n, n, dtype=torch.float64)
         s[0, 1:], s[1:, 0], s[1:, 1:] = 1, -1, _jacobsthal(q)
         return s + torch.eye(n, dtype=torch.float64)
-    q = n // 2 - 1
-    if n <= _MAX_PALEY and _is_prime(q) and q % 4 == 1:  # Paley II: symmetric conference matrix x 2x2 blocks
-        c = torch.zeros(q + 1, q + 1, dtype=torch.float64)
-        c[0, 1:], c[1:, 0], c[1:, 1:] = 1, 1, _jacobsthal(q)
-        on_zero = torch.tensor([[1.0, -1.0], [-1.0, -1.0]], dtype=torch.float64)
-        off_zero = torch.tensor([[1.0, 1.0], [1.0, -1.0]], dtype=torch.float64)
-        return torch.kron(c, off_zero) + torch.kron(torch.eye(q + 1, dtype=torch.float64), on_zero)
-    half = hadamard(n // 2)
-    return None if half is None else _double(half)
+    q = n // 2 - 1  # Paley II: symmetric conference matrix x 2x2 blocks
+    c = torch.zeros(q + 1, q + 1, dtype=torch.float64)
+    c[0, 1:], c[1:, 0], c[1:, 1:] = 1, 1, _jacobsthal(q)
+    on_zero = torch.tensor([[1.0, -1.0], [-1.0, -1.0]], dtype=torch.float64)
+    off_zero = torch.tensor([[1.0, 1.0], [1.0, -1.0]], dtype=torch.float64)
+    return torch.kron(c, off_zero) + torch.kron(torch.eye(q + 1, dtype=torch.float64), on_zero)
 
 
 @functools.lru_cache(maxsize=None)
 def hadamard_structure(n: int) -> tuple[int, int] | None:
     """(s, c) with hadamard(n) == S_s kron hadamard(c): S_s the Sylvester matrix of order s (a power of
     two, applied by a fast Walsh-Hadamard transform) and c the order of the core that hadamard()
-    builds directly (1, or a Paley order). Mirrors hadamard()'s construction, since doubling is
-    kron with S_2. None where hadamard(n) is None."""
+    builds directly (1, or a Paley order) and then doubles (doubling is kron with S_2). None where
+    no construction applies. Larger orders than _MAX_PALEY come from doubling (cheap)."""
     if n == 1 or n == 2 or (n % 4 == 0 and _is_power_of_two(n)):
         return (n, 1)
     if n % 4:
@@ -171,7 +176,7 @@ class Rotation:
         """x [..., k] -> x M (float32): the native kernel on CPU at inference, else the plain-torch
         reference (kron_apply), which is also what gradients flow through (SpinQuant training)."""
         if x.device.type == "cpu" and ops.use_native() and not (torch.is_grad_enabled() and self._needs_grad(x)):
-            orders, dense, scale = self._native or self.native_factors()
+            orders, dense, scale = self.native_factors()
             return torch.ops.quasr.rotate(x, self.signs, orders, dense, scale)
         return self.reference_apply(x)
 
