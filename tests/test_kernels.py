@@ -48,6 +48,17 @@ def test_every_bit_width_every_path(bits, path):
     check(y, ops.reference_qlinear(x, pw))
 
 
+@pytest.mark.parametrize("group", [96, 160, -1])  # groups straddling the GEMM's 256-wide k-blocks
+@pytest.mark.parametrize("m", [6, 7, 8, 11, 12, 13, 19, 127])  # x split into equal blocks of <= 6 rows
+def test_gemm_k_blocks_and_row_blocks(group, m):
+    gen = torch.Generator().manual_seed(m)
+    for bits in (3, 4):
+        pw = random_packed(40, 900, bits, group, False, gen)
+        x = torch.randn(m, 900, generator=gen)
+        b = torch.randn(40, generator=gen)
+        check(ops.qlinear(x, pw, b, kernel="gemm"), ops.reference_qlinear(x, pw, b))
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision_inputs(dtype):
     gen = torch.Generator().manual_seed(0)

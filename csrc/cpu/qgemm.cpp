@@ -66,8 +66,15 @@ static constexpr int64_t kPanel = 16, kTileN = 32, kBlockK = 256, kMR = 6;
 
 int64_t rows_per_task(Kernel kernel) { return kernel == Kernel::Gemm ? kTileN : 16; }
 
+// Rows of x per micro-kernel call: M split into ceil(M/6) blocks of equal size (8 rows run as 4 + 4,
+// not 6 + 2, whose 2-row kernel is load-bound). x is packed [blocks][Kp][kMR] either way.
+static int64_t gemm_block_rows(int64_t M) {
+  const int64_t blocks = (M + kMR - 1) / kMR;
+  return (M + blocks - 1) / blocks;
+}
+
 int64_t scratch_floats(Kernel kernel, const QGemmArgs& a) {
-  if (kernel == Kernel::Gemm) return kTileN * a.Kp;  // two panels [Kp][16]
+  if (kernel == Kernel::Gemm) return kTileN * kBlockK;  // two panels [kBlockK][16]
   if (kernel == Kernel::Scalar) return a.Kp;
   return 0;
 }
@@ -88,11 +95,13 @@ void prepare(Kernel kernel, const QGemmArgs& a, float* out) {
         for (int64_t k = 0; k < a.group_size; ++k) s += xp[k];
         out[m * ng + g] = s;
       }
-  } else if (kernel == Kernel::Gemm) {  // x in blocks of 6 rows, [M/6][Kp][6], zero-padded rows
-    for (int64_t m0 = 0; m0 < a.M; m0 += kMR) {
-      float* blk = out + m0 * a.Kp;
+  } else if (kernel == Kernel::Gemm) {  // x in blocks of mr rows, [blocks][Kp][6], zero-padded rows
+    const int64_t mr = gemm_block_rows(a.M);
+    for (int64_t b = 0, m0 = 0; m0 < a.M; ++b, m0 += mr) {
+      float* blk = out + b * kMR * a.Kp;
       for (int64_t k = 0; k < a.Kp; ++k)
-        for (int64_t i = 0; i < kMR; ++i) blk[k * kMR + i] = m0 + i < a.M ? a.x[(m0 + i) * a.Kp + k] : 0.f;
+        for (int64_t i = 0; i < kMR; ++i)
+          blk[k * kMR + i] = i < mr && m0 + i < a.M ? a.x[(m0 + i) * a.Kp + k] : 0.f;
     }
   }
 }
@@ -292,29 +301,32 @@ QUASR_AVX2 static inline void transpose8(__m256 r[8]) {
   r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
 }
 
-// Dequantize rows [n0, n0+nrows) (nrows <= 16) of W into a panel laid out [Kp][16] (output
-// features contiguous), zero-filling missing rows: the layout the 6x16 micro-kernel streams.
+// Dequantize columns [k0, k1) of rows [n0, n0+nrows) (nrows <= 16) of W into a panel laid out
+// [k1-k0][16] (output features contiguous), zero-filling missing rows: the layout the 6x16
+// micro-kernel streams. One k-block at a time, so the panel stays in L1 while every block of x
+// rows streams it (a whole-K panel is 16*K*4 bytes: 96 KB at K = 1536).
 template <int BITS>
-QUASR_AVX2 static void decode_panel(const QGemmArgs& a, int64_t n0, int64_t nrows, float* panel) {
+QUASR_AVX2 static void decode_panel(const QGemmArgs& a, int64_t n0, int64_t nrows, int64_t k0, int64_t k1,
+                                    float* panel) {
   const int64_t Kp = a.Kp, G = a.group_size, ng = Kp / G, row_bytes = Kp * BITS / 8;
   const float zsym = static_cast<float>(1 << (BITS - 1));
   for (int half = 0; half < 2; ++half) {
     const int64_t r0 = half * 8, valid = std::max<int64_t>(0, std::min<int64_t>(8, nrows - r0));
-    for (int64_t g = 0; g < ng; ++g) {
+    for (int64_t g = k0 / G; g < ng && g * G < k1; ++g) {
       float s[8], m[8];
       for (int j = 0; j < valid; ++j) {
         const int64_t gi = (n0 + r0 + j) * ng + g;
         s[j] = half_to_float_f16c(a.scales[gi]);
         m[j] = -(a.zeros ? half_to_float_f16c(a.zeros[gi]) : zsym) * s[j];
       }
-      for (int64_t k = g * G; k < (g + 1) * G; k += 8) {
+      for (int64_t k = std::max(g * G, k0); k < std::min((g + 1) * G, k1); k += 8) {
         __m256 r[8];
         for (int j = 0; j < 8; ++j)
           r[j] = j < valid ? _mm256_fmadd_ps(_mm256_cvtepi32_ps(decode8<BITS>(a.packed + (n0 + r0 + j) * row_bytes, Kp, k)),
                                              _mm256_set1_ps(s[j]), _mm256_set1_ps(m[j]))
                            : _mm256_setzero_ps();
         transpose8(r);
-        for (int i = 0; i < 8; ++i) _mm256_storeu_ps(panel + (k + i) * kPanel + r0, r[i]);
+        for (int i = 0; i < 8; ++i) _mm256_storeu_ps(panel + (k - k0 + i) * kPanel + r0, r[i]);
       }
     }
   }
@@ -354,19 +366,20 @@ static const MicroFn kMicro[kMR] = {micro_kernel<1>, micro_kernel<2>, micro_kern
 
 template <int BITS>
 QUASR_AVX2 static void rows_gemm(const QGemmArgs& a, const float* xpacked, int64_t n0, int64_t n1, float* panels) {
-  const int64_t Kp = a.Kp;
+  const int64_t Kp = a.Kp, block_rows = gemm_block_rows(a.M);
   for (int64_t t0 = n0; t0 < n1; t0 += kTileN) {
     const int64_t nt = std::min(kTileN, n1 - t0), npanels = (nt + kPanel - 1) / kPanel;
-    for (int64_t p = 0; p < npanels; ++p)
-      decode_panel<BITS>(a, t0 + p * kPanel, std::min(kPanel, nt - p * kPanel), panels + p * Kp * kPanel);
     for (int64_t m = 0; m < a.M; ++m)
       for (int64_t j = 0; j < nt; ++j) a.y[m * a.N + t0 + j] = a.bias ? a.bias[t0 + j] : 0.f;
     for (int64_t k0 = 0; k0 < Kp; k0 += kBlockK) {
       const int64_t kc = std::min(kBlockK, Kp - k0);
-      for (int64_t m0 = 0; m0 < a.M; m0 += kMR) {
-        const int64_t mr = std::min(kMR, a.M - m0);
+      for (int64_t p = 0; p < npanels; ++p)
+        decode_panel<BITS>(a, t0 + p * kPanel, std::min(kPanel, nt - p * kPanel), k0, k0 + kc,
+                           panels + p * kBlockK * kPanel);
+      for (int64_t b = 0, m0 = 0; m0 < a.M; ++b, m0 += block_rows) {
+        const int64_t mr = std::min(block_rows, a.M - m0);
         for (int64_t p = 0; p < npanels; ++p)
-          kMicro[mr - 1](xpacked + m0 * Kp + k0 * kMR, panels + p * Kp * kPanel + k0 * kPanel, kc,
+          kMicro[mr - 1](xpacked + b * kMR * Kp + k0 * kMR, panels + p * kBlockK * kPanel, kc,
                          a.y + m0 * a.N + t0 + p * kPanel, a.N, std::min(kPanel, nt - p * kPanel));
       }
     }
