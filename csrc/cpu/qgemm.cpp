@@ -172,15 +172,19 @@ QUASR_AVX2 static inline __m256i plane4(const uint8_t* p, int64_t k) {
   return _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(v)), shifts),
                           _mm256_set1_epi32(0xf));
 }
+// The 2- and 1-bit planes broadcast their 16 / 8 bits straight from memory as 16- / 8-bit
+// elements (vpbroadcastw/b: a load, no scalar-to-vector move); the low 16 / 8 bits of each 32-bit
+// lane are the plane's bits, and the shifts below never reach past them.
 QUASR_AVX2 static inline __m256i plane2(const uint8_t* p, int64_t k) {
-  uint16_t v;
+  int16_t v;
   std::memcpy(&v, p + k / 4, 2);
   const __m256i shifts = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14);
-  return _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(v), shifts), _mm256_set1_epi32(3));
+  return _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi16(v), shifts), _mm256_set1_epi32(3));
 }
 QUASR_AVX2 static inline __m256i plane1(const uint8_t* p, int64_t k) {
   const __m256i shifts = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  return _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(p[k / 8]), shifts), _mm256_set1_epi32(1));
+  return _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi8(static_cast<char>(p[k / 8])), shifts),
+                          _mm256_set1_epi32(1));
 }
 
 // Codes k..k+7 of a row of a BITS-bit weight: planes are concatenated, widest first (FORMAT.md).
