@@ -79,8 +79,12 @@ int64_t scratch_floats(Kernel kernel, const QGemmArgs& a) {
   return 0;
 }
 
+// 4-bit GEMV reads 16 codes as 8 whole bytes (low nibbles = even k, high = odd k): x is given to
+// it with each 16 columns reordered to match, [x0 x2 .. x14 x1 x3 .. x15], after the group sums.
+static bool gemv_uses_permuted_x(const QGemmArgs& a) { return a.bits == 4 && cpu_has_avx2_fma(); }
+
 int64_t prepared_floats(Kernel kernel, const QGemmArgs& a) {
-  if (kernel == Kernel::Gemv) return a.M * (a.Kp / a.group_size);
+  if (kernel == Kernel::Gemv) return a.M * (a.Kp / a.group_size) + (gemv_uses_permuted_x(a) ? a.M * a.Kp : 0);
   if (kernel == Kernel::Gemm) return (a.M + kMR - 1) / kMR * kMR * a.Kp;
   return 0;
 }
@@ -95,6 +99,15 @@ void prepare(Kernel kernel, const QGemmArgs& a, float* out) {
         for (int64_t k = 0; k < a.group_size; ++k) s += xp[k];
         out[m * ng + g] = s;
       }
+    if (gemv_uses_permuted_x(a)) {
+      float* xp = out + a.M * ng;
+      for (int64_t m = 0; m < a.M; ++m)
+        for (int64_t k = 0; k < a.Kp; k += 16)
+          for (int64_t i = 0; i < 8; ++i) {
+            xp[m * a.Kp + k + i] = a.x[m * a.Kp + k + 2 * i];
+            xp[m * a.Kp + k + 8 + i] = a.x[m * a.Kp + k + 2 * i + 1];
+          }
+    }
   } else if (kernel == Kernel::Gemm) {  // x in blocks of mr rows, [blocks][Kp][6], zero-padded rows
     const int64_t mr = gemm_block_rows(a.M);
     for (int64_t b = 0, m0 = 0; m0 < a.M; ++b, m0 += mr) {
@@ -236,12 +249,35 @@ QUASR_AVX2 static void gemv_block(const QGemmArgs& a, const float* xsum, int64_t
   for (int64_t g = 0; g < ng; ++g) {
     __m256 acc[MB * NB];
     for (int i = 0; i < MB * NB; ++i) acc[i] = _mm256_setzero_ps();
-    for (int64_t k = g * G; k < (g + 1) * G; k += 8) {
-      __m256 xv[MB];
-      for (int i = 0; i < MB; ++i) xv[i] = _mm256_loadu_ps(a.x + (m0 + i) * Kp + k);
-      for (int j = 0; j < NB; ++j) {
-        const __m256 q = _mm256_cvtepi32_ps(decode8<BITS>(rows[j], Kp, k));
-        for (int i = 0; i < MB; ++i) acc[i * NB + j] = _mm256_fmadd_ps(q, xv[i], acc[i * NB + j]);
+    if constexpr (BITS == 4) {  // 16 codes per 8-byte load, x permuted to match (prepare)
+      const float* xperm = xsum + a.M * ng;
+      __m256 acc_odd[MB * NB];  // separate FMA chains for the odd codes
+      for (int i = 0; i < MB * NB; ++i) acc_odd[i] = _mm256_setzero_ps();
+      for (int64_t k = g * G; k < (g + 1) * G; k += 16) {
+        __m256 xe[MB], xo[MB];
+        for (int i = 0; i < MB; ++i) {
+          xe[i] = _mm256_loadu_ps(xperm + (m0 + i) * Kp + k);
+          xo[i] = _mm256_loadu_ps(xperm + (m0 + i) * Kp + k + 8);
+        }
+        for (int j = 0; j < NB; ++j) {
+          const __m256i bytes = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(rows[j] + k / 2)));
+          const __m256 even = _mm256_cvtepi32_ps(_mm256_and_si256(bytes, _mm256_set1_epi32(0xf)));
+          const __m256 odd = _mm256_cvtepi32_ps(_mm256_srli_epi32(bytes, 4));
+          for (int i = 0; i < MB; ++i) {
+            acc[i * NB + j] = _mm256_fmadd_ps(even, xe[i], acc[i * NB + j]);
+            acc_odd[i * NB + j] = _mm256_fmadd_ps(odd, xo[i], acc_odd[i * NB + j]);
+          }
+        }
+      }
+      for (int i = 0; i < MB * NB; ++i) acc[i] = _mm256_add_ps(acc[i], acc_odd[i]);
+    } else {
+      for (int64_t k = g * G; k < (g + 1) * G; k += 8) {
+        __m256 xv[MB];
+        for (int i = 0; i < MB; ++i) xv[i] = _mm256_loadu_ps(a.x + (m0 + i) * Kp + k);
+        for (int j = 0; j < NB; ++j) {
+          const __m256 q = _mm256_cvtepi32_ps(decode8<BITS>(rows[j], Kp, k));
+          for (int i = 0; i < MB; ++i) acc[i * NB + j] = _mm256_fmadd_ps(q, xv[i], acc[i * NB + j]);
+        }
       }
     }
     for (int j = 0; j < NB; ++j) {
