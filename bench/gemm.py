@@ -5,6 +5,11 @@ torch.matmul in fp32 and torch's int4 CPU kernel (_weight_int4pack_mm_for_cpu).
 
 Times are the median of repeated calls (each call ~>= 0.2 s of total work); ratios are
 fp32 time / kernel time, measured in the same run (>1 = faster than fp32).
+
+The first table calls one layer again and again, so its weights stay in cache: at small M that
+flatters fp32, whose weights are 4-16x larger. The second ("model-sized") walks M = 1 through
+WALK_LAYERS distinct layers of one shape, as a decoder step walks a model, so every layer's weights
+come from memory (fp32: 192 MB for whisper-base's fc1 shape, far beyond the L3).
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from quasr import ops
 from quasr.format import PackedWeight, pack_codes, resolve_group_size
 
 SHAPES = [(384, 1536), (1536, 384), (4096, 4096)]  # K x N
+WALK_SHAPES = [(512, 2048), (2048, 512)]  # whisper-base's fc1 and fc2
+WALK_LAYERS = 48
 MS = [1, 8, 64, 1500]
 BITS = [2, 3, 4, 5, 6, 7, 8]
 
@@ -75,6 +82,29 @@ def run(quick: bool) -> list[dict]:
     return rows
 
 
+def run_walk() -> list[dict]:
+    rows = []
+    for k, n in WALK_SHAPES:
+        x = torch.randn(1, k)
+        w32 = [torch.randn(n, k) for _ in range(WALK_LAYERS)]
+        row = {"K": k, "N": n, "fp32_us": timeit(lambda: [x @ w.T for w in w32]) / WALK_LAYERS * 1e6}
+        for b in BITS:
+            pws = [packed_weight(n, k, b, seed=i) for i in range(WALK_LAYERS)]
+            row[f"q{b}_us"] = timeit(lambda: [ops.qlinear(x, p) for p in pws]) / WALK_LAYERS * 1e6
+        rows.append(row)
+        print(fmt_walk(row), flush=True)
+    return rows
+
+
+WALK_HEADER = ("| K×N | fp32 µs per layer | " + " | ".join(f"quasr {b}-bit µs (×fp32)" for b in BITS) + " |")
+
+
+def fmt_walk(r: dict) -> str:
+    f = r["fp32_us"]
+    cells = [f"{r['K']}×{r['N']}", f"{f:.0f}"] + [f"{r[f'q{b}_us']:.0f} ({f / r[f'q{b}_us']:.2f}×)" for b in BITS]
+    return "| " + " | ".join(cells) + " |"
+
+
 HEADER = ("| K×N | M | fp32 matmul ms | torch int4 (bf16 act) ms | torch int4 (fp32 act) ms | "
           + " | ".join(f"quasr {b}-bit ms (×fp32)" for b in BITS) + " |")
 
@@ -98,10 +128,17 @@ def main() -> None:
     print(HEADER)
     print("|" + "---|" * (5 + len(BITS)))
     rows = run(args.quick)
+    walk_title = f"\nM = 1 through {WALK_LAYERS} distinct layers (model-sized working set), time per layer:\n"
+    print(walk_title)
+    print(WALK_HEADER)
+    print("|" + "---|" * (2 + len(BITS)))
+    walk = run_walk()
     if args.out:
         with open(args.out, "w") as fh:
             fh.write(f"{machine}; {ops.native_status()}\n\n{HEADER}\n|{'---|' * (5 + len(BITS))}\n")
             fh.write("\n".join(fmt_row(r) for r in rows) + "\n")
+            fh.write(f"{walk_title}\n{WALK_HEADER}\n|{'---|' * (2 + len(BITS))}\n")
+            fh.write("\n".join(fmt_walk(r) for r in walk) + "\n")
 
 
 if __name__ == "__main__":

@@ -79,9 +79,15 @@ int64_t scratch_floats(Kernel kernel, const QGemmArgs& a) {
   return 0;
 }
 
-// 4-bit GEMV reads 16 codes as 8 whole bytes (low nibbles = even k, high = odd k): x is given to
-// it with each 16 columns reordered to match, [x0 x2 .. x14 x1 x3 .. x15], after the group sums.
-static bool gemv_uses_permuted_x(const QGemmArgs& a) { return a.bits == 4 && cpu_has_avx2_fma(); }
+// The 4- and 3-bit GEMVs decode whole bytes of a plane into 8 lanes (lane j = byte j) and take
+// the R codes each byte holds one after another (R = 2 at 4 bits, 4 for the 3-bit weights' 2-bit
+// plane): vector r holds codes k + R*j + r. x is given to them reordered to match, in blocks of 8R
+// columns, after the group sums: position 8r + j of a block holds column R*j + r.
+static int64_t gemv_codes_per_lane(const QGemmArgs& a) {
+  if (!cpu_has_avx2_fma()) return 0;
+  return a.bits == 4 ? 2 : a.bits == 3 ? 4 : 0;
+}
+static bool gemv_uses_permuted_x(const QGemmArgs& a) { return gemv_codes_per_lane(a) > 0; }
 
 int64_t prepared_floats(Kernel kernel, const QGemmArgs& a) {
   if (kernel == Kernel::Gemv) return a.M * (a.Kp / a.group_size) + (gemv_uses_permuted_x(a) ? a.M * a.Kp : 0);
@@ -101,12 +107,11 @@ void prepare(Kernel kernel, const QGemmArgs& a, float* out) {
       }
     if (gemv_uses_permuted_x(a)) {
       float* xp = out + a.M * ng;
+      const int64_t R = gemv_codes_per_lane(a);
       for (int64_t m = 0; m < a.M; ++m)
-        for (int64_t k = 0; k < a.Kp; k += 16)
-          for (int64_t i = 0; i < 8; ++i) {
-            xp[m * a.Kp + k + i] = a.x[m * a.Kp + k + 2 * i];
-            xp[m * a.Kp + k + 8 + i] = a.x[m * a.Kp + k + 2 * i + 1];
-          }
+        for (int64_t k = 0; k < a.Kp; k += 8 * R)
+          for (int64_t r = 0; r < R; ++r)
+            for (int64_t j = 0; j < 8; ++j) xp[m * a.Kp + k + 8 * r + j] = a.x[m * a.Kp + k + R * j + r];
     }
   } else if (kernel == Kernel::Gemm) {  // x in blocks of mr rows, [blocks][Kp][6], zero-padded rows
     const int64_t mr = gemm_block_rows(a.M);
@@ -266,6 +271,35 @@ QUASR_AVX2 static void gemv_block(const QGemmArgs& a, const float* xsum, int64_t
           for (int i = 0; i < MB; ++i) {
             acc[i * NB + j] = _mm256_fmadd_ps(even, xe[i], acc[i * NB + j]);
             acc_odd[i * NB + j] = _mm256_fmadd_ps(odd, xo[i], acc_odd[i * NB + j]);
+          }
+        }
+      }
+      for (int i = 0; i < MB * NB; ++i) acc[i] = _mm256_add_ps(acc[i], acc_odd[i]);
+    } else if constexpr (BITS == 3) {  // 32 codes: 8 bytes of the 2-bit plane, 4 of the 1-bit plane
+      const float* xperm = xsum + a.M * ng;
+      __m256 acc_odd[MB * NB];
+      for (int i = 0; i < MB * NB; ++i) acc_odd[i] = _mm256_setzero_ps();
+      const __m256i nibble_shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
+      for (int64_t k = g * G; k < (g + 1) * G; k += 32) {
+        __m256i low[NB], high[NB];  // lane j: byte j of the 2-bit plane; bits 4j.. of the 1-bit plane
+        for (int j = 0; j < NB; ++j) {
+          low[j] = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(rows[j] + k / 4)));
+          int32_t ones;
+          std::memcpy(&ones, rows[j] + Kp / 4 + k / 8, 4);
+          high[j] = _mm256_srlv_epi32(_mm256_set1_epi32(ones), nibble_shifts);
+        }
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; ++r) {
+          __m256 xv[MB];
+          for (int i = 0; i < MB; ++i) xv[i] = _mm256_loadu_ps(xperm + (m0 + i) * Kp + k + 8 * r);
+          for (int j = 0; j < NB; ++j) {
+            const __m256i lo = _mm256_and_si256(_mm256_srli_epi32(low[j], 2 * r), _mm256_set1_epi32(3));
+            const __m256i hi_at_2 = r < 2 ? _mm256_slli_epi32(high[j], 2 - r) : _mm256_srli_epi32(high[j], r - 2);
+            const __m256 q = _mm256_cvtepi32_ps(_mm256_or_si256(lo, _mm256_and_si256(hi_at_2, _mm256_set1_epi32(4))));
+            for (int i = 0; i < MB; ++i) {
+              __m256& c = (r & 1) ? acc_odd[i * NB + j] : acc[i * NB + j];
+              c = _mm256_fmadd_ps(q, xv[i], c);
+            }
           }
         }
       }
