@@ -47,8 +47,14 @@ def test_sweep_runs_resumes_and_renders(setup, tmp_path):
     assert by[("float", "")]["a_bits"] == 32 and by[("gptq", "W8A8")]["a_bits"] == 8
     for r in rows:
         assert r["n_clips"] == 2 and r["wer"] is not None
+        assert "transcripts" not in r and "CPUs" in r["machine"]
         if r["method"] != "float":
             assert r["n_calibration_clips"] == 3  # the 4 clips not evaluated, capped at 3
+    # every cell's per-clip transcripts sit beside the rows, one line per cell
+    tr = [json.loads(l) for l in (out / "transcripts.jsonl").read_text().splitlines()]
+    assert sorted(t["cell"] for t in tr) == sorted(f"{r['model']}|{r['method']}|{r['config']}|synth" for r in rows)
+    assert all(len(t["transcripts"]) == 2 and t["transcripts"][0]["ref"] == "w5 w6 w7"
+               and isinstance(t["transcripts"][0]["hyp"], str) for t in tr)
     assert by[("gptq", "W8A8")]["method_options"] == {"clip": "hessian", "act_range": "mse", "act_order": True,
                                                       "damp": "auto", "block_size": 128}
     # BOPs follow the bit widths: W4A16 is a quarter of float's, W8A8 a quarter too (8*8 vs 16*16)

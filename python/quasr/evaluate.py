@@ -54,6 +54,23 @@ def word_error_rate(refs: list[str], hyps: list[str], language: str | None = Non
     return 100.0 * errors / n_words, n_words, len(pairs) - len(kept)
 
 
+def machine_description(device: torch.device | str | None = None) -> str:
+    """What the timings of a row were measured on (hosts behind one name differ: the same 2-core box
+    has been an AVX2 EPYC one day and an AVX-512 Xeon the next, and fp32 BLAS follows)."""
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    desc = f"{cpu}, {os.cpu_count()} CPUs, {torch.backends.cpu.get_cpu_capability()}, torch {torch.__version__}"
+    if device is not None and torch.device(device).type == "cuda":
+        desc += f", {torch.cuda.get_device_name(device)}"
+    return desc
+
+
 def evaluate(model, processor, clips: list[Clip], language: str | None = None, batch_size: int = 8,
              progress: bool = True) -> dict:
     """WER on clips with transcripts, plus size, wall time and real-time factor."""
@@ -80,6 +97,7 @@ def evaluate(model, processor, clips: list[Clip], language: str | None = None, b
         "n_threads": torch.get_num_threads(),
         # other jobs on the machine inflate the timings: a reader can tell a quiet run from a busy one
         "load_avg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "machine": machine_description(next(model.parameters()).device),
         **counter.counts.per_second(audio_seconds),
     }
     if labelled:

@@ -189,7 +189,7 @@ def _calibration_batches(cfg: SweepConfig, model_name: str, adapter, calib, lang
 
 def run_group(cfg: SweepConfig, cells: list[Cell]) -> Iterator[dict]:
     """Quantize once for cells of one quantization group (see `quantization_groups`) and evaluate
-    each cell's dataset; yields each cell's row (everything but transcripts) as it finishes."""
+    each cell's dataset; yields each cell's row, its per-clip transcripts included, as it finishes."""
     import torch
 
     from .adapters import get_adapter
@@ -248,8 +248,7 @@ def run_group(cfg: SweepConfig, cells: list[Cell]) -> Iterator[dict]:
         dataset = datasets[cell.dataset]
         r = evaluate(model, processor, splits[cell.dataset][0], dataset.get("language"), cfg.batch_size,
                      progress=False)
-        yield {**common, "dataset": cell.dataset, "language": dataset.get("language"),
-               **{k: v for k, v in r.items() if k != "transcripts"}}
+        yield {**common, "dataset": cell.dataset, "language": dataset.get("language"), **r}
 
 
 def _run_group_rows(cfg: SweepConfig, cells: list[Cell]) -> list[dict]:
@@ -275,6 +274,9 @@ class Sweep:
         self.cfg, self.out, self.log = cfg, Path(out), log
         self.out.mkdir(parents=True, exist_ok=True)
         self.cells_path = self.out / "cells.jsonl"
+        # per-clip reference and hypothesis of every cell, kept beside the rows so a loop or a dropped
+        # sentence behind a cell's WER can be read; cells.jsonl stays one short line per cell
+        self.transcripts_path = self.out / "transcripts.jsonl"
 
     def finished(self) -> dict[str, dict]:
         done = {}
@@ -286,6 +288,12 @@ class Sweep:
         return done
 
     def _record(self, row: dict) -> None:
+        row = dict(row)
+        transcripts = row.pop("transcripts", None)
+        if transcripts is not None:
+            key = Cell(row["model"], row["method"], row["config"], row["dataset"]).key
+            with self.transcripts_path.open("a") as f:
+                f.write(json.dumps({"cell": key, "transcripts": transcripts}) + "\n")
         with self.cells_path.open("a") as f:
             f.write(json.dumps(row) + "\n")
         wer = "n/a" if row.get("wer") is None else f"{row['wer']:.2f}%"
