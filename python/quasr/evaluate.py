@@ -3,6 +3,7 @@ efficiency metrics of docs/METRICS.md (MACs, BOPs, memory I/O per second of audi
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -54,9 +55,8 @@ def word_error_rate(refs: list[str], hyps: list[str], language: str | None = Non
     return 100.0 * errors / n_words, n_words, len(pairs) - len(kept)
 
 
-def machine_description(device: torch.device | str | None = None) -> str:
-    """What the timings of a row were measured on (hosts behind one name differ: the same 2-core box
-    has been an AVX2 EPYC one day and an AVX-512 Xeon the next, and fp32 BLAS follows)."""
+@functools.cache
+def _cpu_description() -> str:
     import platform
 
     cpu = platform.processor() or platform.machine()
@@ -65,7 +65,13 @@ def machine_description(device: torch.device | str | None = None) -> str:
             cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     except OSError:
         pass
-    desc = f"{cpu}, {os.cpu_count()} CPUs, {torch.backends.cpu.get_cpu_capability()}, torch {torch.__version__}"
+    return f"{cpu}, {os.cpu_count()} CPUs, {torch.backends.cpu.get_cpu_capability()}, torch {torch.__version__}"
+
+
+def machine_description(device: torch.device | str | None = None) -> str:
+    """What the timings of a row were measured on (hosts behind one name differ: the same 2-core box
+    has been an AVX2 EPYC one day and an AVX-512 Xeon the next, and fp32 BLAS follows)."""
+    desc = _cpu_description()
     if device is not None and torch.device(device).type == "cuda":
         desc += f", {torch.cuda.get_device_name(device)}"
     return desc

@@ -55,6 +55,11 @@ class Cell:
     def key(self) -> str:
         return f"{self.model}|{self.method}|{self.config}|{self.dataset}"
 
+    @staticmethod
+    def key_of(row: dict) -> str:
+        """The key of the cell a result row belongs to."""
+        return Cell(row["model"], row["method"], row["config"], row["dataset"]).key
+
 
 def _all_methods() -> list[str]:
     from .methods import METHODS
@@ -284,16 +289,15 @@ class Sweep:
             for line in self.cells_path.read_text().splitlines():
                 if line.strip():
                     r = _upgrade_row(json.loads(line))
-                    done[Cell(r["model"], r["method"], r["config"], r["dataset"]).key] = r
+                    done[Cell.key_of(r)] = r
         return done
 
     def _record(self, row: dict) -> None:
         row = dict(row)
         transcripts = row.pop("transcripts", None)
         if transcripts is not None:
-            key = Cell(row["model"], row["method"], row["config"], row["dataset"]).key
             with self.transcripts_path.open("a") as f:
-                f.write(json.dumps({"cell": key, "transcripts": transcripts}) + "\n")
+                f.write(json.dumps({"cell": Cell.key_of(row), "transcripts": transcripts}) + "\n")
         with self.cells_path.open("a") as f:
             f.write(json.dumps(row) + "\n")
         wer = "n/a" if row.get("wer") is None else f"{row['wer']:.2f}%"
@@ -336,7 +340,7 @@ class Sweep:
         cols = ["model", "dataset", "method", "config", "wer", "n_clips", "size_mb", "gbops_per_audio_s",
                 "rotation_gmacs_per_audio_s", "rotation_gbops_per_audio_s", "mem_io_mb_per_audio_s", "rtf", "quantize_seconds"]
         order = {c.key: i for i, c in enumerate(self.cfg.cells())}
-        rows.sort(key=lambda r: order.get(Cell(r["model"], r["method"], r["config"], r["dataset"]).key, 1 << 30))
+        rows.sort(key=lambda r: order.get(Cell.key_of(r), 1 << 30))
         with (self.out / "table.csv").open("w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
             w.writeheader()
