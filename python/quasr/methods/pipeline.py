@@ -163,6 +163,12 @@ def _take(value, rows: torch.Tensor, batch: int):
     return value
 
 
+def _is_kv_cache(value) -> bool:
+    from transformers import Cache
+
+    return isinstance(value, Cache)
+
+
 @dataclass
 class BlockCalls:
     """What one transformer block received on each calibration batch (positional and keyword
@@ -179,10 +185,14 @@ class BlockCalls:
         return self.model.get_submodule(self.name)
 
     def record(self, module, args, kwargs) -> None:
-        kwargs = {k: v for k, v in kwargs.items() if k not in ("past_key_values", "past_key_value")}
+        # A KV cache is found by its type (transformers' public Cache class), not by the argument's
+        # name, which changes between releases (past_key_value, past_key_values, cache): the model
+        # has already appended this call's keys to it, so rerunning with it would see them twice.
+        kwargs = {k: None if _is_kv_cache(v) else v for k, v in kwargs.items()}
         if "use_cache" in kwargs:
             kwargs["use_cache"] = False
-        self.calls.append((tuple(a.detach() if torch.is_tensor(a) else a for a in args), kwargs))
+        self.calls.append((tuple(None if _is_kv_cache(a) else a.detach() if torch.is_tensor(a) else a for a in args),
+                           kwargs))
 
     def n_sequences(self, i: int) -> int:
         return self.calls[i][0][0].shape[0]
