@@ -4,18 +4,26 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip
 
-.PHONY: setup demo test bench cuda-check clean
+.PHONY: setup lock demo test bench cuda-check clean
+
+# Every install takes the versions CI tested (constraints.txt); pyproject.toml declares the ranges
+# quasr supports. Upgrading a dependency is a deliberate commit: `make lock` in a venv that passes.
+CONSTRAINTS := -c constraints.txt
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(CONSTRAINTS) --upgrade pip
 
 # torch is installed first (pinned CPU build), then the package without build isolation so the
 # extension builds against that torch instead of pulling a CUDA build into an isolated env.
 setup: $(BIN)/python
-	$(PIP) install -q torch==2.13.0 setuptools wheel ninja
-	$(PIP) install -q --no-build-isolation -e '.[models,test]'
-	$(PIP) install -q --no-deps useful-moonshine-onnx==20251121
+	$(PIP) install -q $(CONSTRAINTS) torch==2.13.0 setuptools wheel ninja
+	$(PIP) install -q $(CONSTRAINTS) --no-build-isolation -e '.[models,test]'
+
+# Rewrite constraints.txt from the current venv (after `make test` passes on an upgrade).
+lock:
+	{ echo "# What CI and \`make setup\` install: written by \`make lock\` from a venv that passed \`make test\`."; \
+	  $(PIP) freeze --all --exclude-editable | sed 's/^torch==2.13.0+cpu$$/torch==2.13.0/'; } > constraints.txt
 
 demo: setup
 	HF_HUB_OFFLINE=1 $(BIN)/quasr demo --bits 4 --group-size 128

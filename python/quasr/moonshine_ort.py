@@ -8,6 +8,7 @@ name carries the module path. docs/MODELS.md has the name map.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 
@@ -95,10 +96,28 @@ def convert_moonshine(encoder_ort, decoder_ort, tokenizer_json):
     return model, Wav2Vec2Processor(feature_extractor=extractor, tokenizer=tokenizer)
 
 
-def moonshine_files(package_dir: Path, tokenizer_dir: Path, size: str = "base") -> tuple[Path, Path, Path]:
-    d = package_dir / "models" / f"{size}-en"
-    files = (d / "encoder_model.ort", d / "decoder_model_merged.ort", tokenizer_dir / "assets" / "tokenizer.json")
-    for f in files:
+# tokenizer.json ships with quasr (byte-identical copy from useful-moonshine-onnx==20251121, MIT):
+# moonshine-cpp has only a decode-only tokenizer.bin. assets/moonshine/SOURCE.md has the provenance.
+TOKENIZER_JSON = Path(__file__).resolve().parent / "assets" / "moonshine" / "tokenizer.json"
+TOKENIZER_SHA256 = "b68b995a58b3373db6c4f46864a9db50cd1333d086150ffa2c1096581ede9c10"
+
+
+def bundled_tokenizer() -> Path:
+    """The Moonshine tokenizer.json shipped in quasr's package data, checked against its sha256."""
+    if not TOKENIZER_JSON.is_file():
+        raise FileNotFoundError(f"Moonshine tokenizer {TOKENIZER_JSON} missing from the quasr install; reinstall quasr")
+    digest = hashlib.sha256(TOKENIZER_JSON.read_bytes()).hexdigest()
+    if digest != TOKENIZER_SHA256:
+        raise OrtFormatError(f"Moonshine tokenizer {TOKENIZER_JSON} has sha256 {digest}, expected {TOKENIZER_SHA256}")
+    return TOKENIZER_JSON
+
+
+def moonshine_files(package_dir: Path, size: str = "base") -> tuple[Path, Path, Path]:
+    """(encoder .ort, decoder .ort, tokenizer.json): the graphs from moonshine-cpp's directory, the
+    tokenizer from quasr's own package data."""
+    d = Path(package_dir) / "models" / f"{size}-en"
+    graphs = (d / "encoder_model.ort", d / "decoder_model_merged.ort")
+    for f in graphs:
         if not f.exists():
-            raise FileNotFoundError(f"Moonshine file {f} missing; reinstall moonshine-cpp==0.1.4 useful-moonshine-onnx==20251121")
-    return files
+            raise FileNotFoundError(f"Moonshine file {f} missing; reinstall moonshine-cpp==0.1.4")
+    return (*graphs, bundled_tokenizer())
