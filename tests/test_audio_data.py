@@ -1,4 +1,6 @@
 import json
+import re
+import sys
 
 import numpy as np
 import pytest
@@ -7,6 +9,7 @@ import soundfile as sf
 from quasr.audio import AudioError, load_audio
 from quasr.data import load_clips
 from quasr.evaluate import split_long, word_error_rate
+from quasr.schema import InputError
 
 
 def tone(rate, seconds=1.0, channels=1):
@@ -65,3 +68,64 @@ def test_wer_uses_whisper_normaliser():
     assert wer == 0 and n == 4 and skipped == 0
     wer, _, _ = word_error_rate(["número uno"], ["numero uno"], "es")
     assert wer == 0
+
+
+# -- malformed data: each named with its file (and line) and what to fix, before any model loads ------
+def _manifest_after_a_good_line(tmp_path, line: str):
+    sf.write(tmp_path / "x.wav", tone(16000), 16000)
+    man = tmp_path / "m.jsonl"
+    man.write_text(json.dumps({"audio": "x.wav", "text": "ok"}) + "\n" + line + "\n")
+    return man
+
+
+@pytest.mark.parametrize("line,message", [
+    ('{"audio": null}', "m.jsonl:2: `audio` must be a non-empty string, got null"),
+    ('{"audio": "x.wav", "text": 42}', "m.jsonl:2: `text` must be a string or null, got the number 42"),
+    ('{"audio": "x.wav", "language": 1}', "m.jsonl:2: `language` must be a non-empty string or null, got the number 1"),
+    ('{"audio": "x.wav", "speaker": ["a"]}', "m.jsonl:2: `speaker` must be a string or null, got a list"),
+    ('{"audio": "x.wav", "gender": false}', "m.jsonl:2: `gender` must be a string or null, got false"),
+    ('{"audio": "x.wav", "duration": "3s"}',
+     "m.jsonl:2: `duration` must be a finite number >= 0 or null, got the string '3s'"),
+    ('["x.wav", "hi"]', "m.jsonl:2: the line must be a JSON object with an 'audio' field, got a list"),
+    ('"x.wav"', "m.jsonl:2: the line must be a JSON object with an 'audio' field, got the string 'x.wav'"),
+    ('{"audio": "x.wav",', "m.jsonl:2: not valid JSON"),
+])
+def test_malformed_manifest_lines_are_named_with_file_and_line(tmp_path, line, message):
+    man = _manifest_after_a_good_line(tmp_path, line)
+    with pytest.raises(InputError, match=re.escape(message) + r".*each line is one JSON object such as"):
+        load_clips(man)
+
+
+def test_missing_audio_files_are_named_when_the_manifest_loads(tmp_path):
+    man = _manifest_after_a_good_line(tmp_path, '{"audio": "gone.wav"}\n{"audio": "/nowhere/none.flac"}')
+    with pytest.raises(InputError, match=re.escape(f"m.jsonl: 2 audio files not found (line 2: {tmp_path / 'gone.wav'}; "
+                                                   "line 3: /nowhere/none.flac); fix the `audio` paths")):
+        load_clips(man)
+
+
+def test_unreadable_transcripts_in_a_folder_are_named(tmp_path):
+    sf.write(tmp_path / "x.wav", tone(16000), 16000)
+    (tmp_path / "x.txt").write_bytes(b"caf\xe9\n")  # Latin-1, not UTF-8
+    with pytest.raises(InputError, match=re.escape(f"{tmp_path / 'x.txt'}: the transcript is not UTF-8 text")):
+        load_clips(tmp_path)
+    (tmp_path / "x.txt").unlink()
+    (tmp_path / "x.txt").mkdir()
+    with pytest.raises(InputError, match=re.escape(f"{tmp_path / 'x.txt'}: cannot read the transcript")):
+        load_clips(tmp_path)
+
+
+def test_hf_data_is_checked_and_names_the_missing_package(monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # not installed
+    with pytest.raises(InputError, match=re.escape("needs the 'datasets' package: pip install datasets")):
+        load_clips("hf:openslr/librispeech_asr:clean:test")
+    for spec in ("hf:", "hf:name", "hf::test", "hf:a:b:c:d", "hf: name:test"):
+        with pytest.raises(InputError, match="give hf:NAME:SPLIT or hf:NAME:CONFIG:SPLIT"):
+            load_clips(spec)
+
+
+def test_audio_file_as_data_and_bad_limits_are_named(tmp_path):
+    man = _manifest_after_a_good_line(tmp_path, "")
+    with pytest.raises(InputError, match="x.wav is an audio file: give a manifest"):
+        load_clips(tmp_path / "x.wav")
+    with pytest.raises(InputError, match="clip limit must be a positive whole number, got -1"):
+        load_clips(man, limit=-1)  # clips[:-1] would silently drop the last clip

@@ -1,6 +1,7 @@
 """quasr sweep: config validation, resumable cells, tables and plots, Ray (local instance)."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -212,3 +213,98 @@ def test_rows_counted_before_rotation_bops_get_todays_accounting(tmp_path):
     assert rows["m|spinquant|W4A4|en"]["gbops_per_audio_s"] == pytest.approx(100.0 + 2.0 * 256)
     assert rows["m|quarot|W4A8|en"] == new
     assert rows["m|rtn|W4A4|en"]["gbops_per_audio_s"] == 100.0
+
+
+# -- malformed configs and cells.jsonl: named with the file, the key or line, and what to fix ---------
+@pytest.mark.parametrize("text,message", [
+    ("models: whisper-tiny.en\n",
+     "`models` must be a list of model names, got the string 'whisper-tiny.en' (write one item as [whisper-tiny.en])"),
+    ("models: [m]\nmethods: rtn\n", "`methods` must be a list of method names, got the string 'rtn'"),
+    ("models: [m]\nkeep: [1]\n", "`keep[0]` must be a non-empty string, got the number 1"),
+    ("models: [m]\ndatasets: [en]\n", "`datasets[0]` must be a mapping that needs `name` and `data`, got the string 'en'"),
+    ("models: [m]\ndatasets: [{name: a, data: x, limit: -1}]\n",
+     "`datasets[0].limit` must be a positive whole number or null, got the number -1"),
+    ("models: [m]\ndatasets: [{name: a, data: x}, {name: a, data: y}]\n",
+     "`datasets[1].name` 'a' is given twice: dataset names must differ"),
+    ("models: [m]\ncalibration: {limit: 0}\n", "`calibration.limit` must be a positive whole number, got the number 0"),
+    ("models: [m]\nbatch_size: '8'\n", "`batch_size` must be a positive whole number, got the string '8'"),
+    ("models: [m]\ninclude_float: 'no'\n", "`include_float` must be true or false, got the string 'no'"),
+    ("models: [m]\nmethod_options: [gptq]\n", "`method_options` must be a mapping of method: {option: value}, got a list"),
+    ("models: [m]\nmethod_options: {gptq: 3}\n", "`method_options.gptq` must be a mapping of option: value, got the number 3"),
+    ("models: [m]\nmethod_options: {gptq: {dmp: 1}}\n", "`method_options.gptq` is invalid: gptq does not take options ['dmp']"),
+    ("models: [m]\nonly: {m: {methods: [gtpq]}}\n", "`only.m.methods[0]` is an unknown method 'gtpq'"),
+    ("models: [m]\nonly: {n: {}}\n", "`only.n` is not one of `models`"),
+    ("models: [m]\n1: x\n", "the config has a key that is not a name (a string): the number 1"),
+    ("- models\n- [m]\n", "a sweep config is a mapping with at least `models: [...]`; got a list"),
+    ("3\n", "a sweep config is a mapping with at least `models: [...]`; got the number 3"),
+    ("", "a sweep config is a mapping with at least `models: [...]`; the file is empty"),
+    ("models: [m\n", "not valid YAML at line 2, column 1: while parsing a flow sequence, expected ',' or ']'"),
+])
+def test_sweep_config_shapes_are_named_with_the_key(tmp_path, text, message):
+    from quasr.schema import InputError
+
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    with pytest.raises(InputError, match=re.escape(f"{p}: {message}")):
+        SweepConfig.load(p)
+
+
+def _fail_on_model_load(monkeypatch):
+    import quasr.models
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the sweep's input was checked")
+
+    monkeypatch.setattr(quasr.models, "load_model", refuse)
+
+
+def test_sweep_data_is_checked_before_a_model_loads(setup, tmp_path, capsys, monkeypatch):
+    _fail_on_model_load(monkeypatch)
+    (tmp_path / "m.jsonl").write_text('{"audio": "gone.wav", "text": "hi"}\n')
+    cfg = _config(setup, datasets=[{"name": "x", "data": str(tmp_path / "m.jsonl")}])
+    assert main(["sweep", str(cfg), "--out", str(tmp_path / "out")]) == 2
+    assert "m.jsonl: 1 audio file not found (line 1:" in capsys.readouterr().err
+
+
+def test_a_truncated_last_cells_line_is_dropped_and_its_cell_rerun(setup, tmp_path):
+    """A run killed while writing its last row leaves part of a line: the rerun warns, drops it, reruns
+    that cell, and leaves a clean file."""
+    out = tmp_path / "out"
+    out.mkdir()
+    model = str(setup / "tiny")
+    (out / "cells.jsonl").write_text(json.dumps({"model": model, "method": "float", "config": "", "dataset": "synth",
+                                                 "wer": 50.0})[:-9])
+    cfg = _config(setup, methods=[], configs=[])
+    with pytest.warns(UserWarning, match="cells.jsonl:1: dropped a truncated last line"):
+        assert main(["sweep", str(cfg), "--out", str(out)]) == 0
+    rows = [json.loads(l) for l in (out / "cells.jsonl").read_text().splitlines()]
+    assert [(r["model"], r["method"]) for r in rows] == [(model, "float")] and rows[0]["n_clips"] == 2
+
+
+def test_a_corrupt_cells_line_is_named_with_file_and_line(setup, tmp_path, capsys, monkeypatch):
+    _fail_on_model_load(monkeypatch)
+    out = tmp_path / "out"
+    out.mkdir()
+    row = {"model": "m", "method": "rtn", "config": "W4A16", "dataset": "synth", "wer": 1.0, "n_clips": 2,
+           "size_mb": 1.0, "gbops_per_audio_s": 1.0, "mem_io_mb_per_audio_s": 1.0, "rtf": 0.1}
+    (out / "cells.jsonl").write_text(json.dumps(row) + '\n{"model": "m", "met{"model": "m"}\n' + json.dumps(row) + "\n")
+    assert main(["sweep", str(_config(setup)), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"quasr: error: {out / 'cells.jsonl'}:2: not valid JSON")
+    assert "delete it and rerun to redo that cell" in err[0]
+    (out / "cells.jsonl").write_text(json.dumps(row) + "\n" + json.dumps({**row, "n_clips": "2"}) + "\n")
+    assert main(["sweep", str(_config(setup)), "--out", str(out)]) == 2
+    assert "cells.jsonl:2: `n_clips` must be a whole number >= 0, got the string '2'" in capsys.readouterr().err
+
+
+def test_cells_appends_stay_one_row_a_line(tmp_path):
+    """Each row is appended whole (one write, synced); a file whose last row lost its newline (edited
+    by hand) gets one first instead of the next row being glued to it."""
+    row = {"model": "m", "method": "rtn", "config": "W4A16", "dataset": "a", "wer": 1.0, "n_clips": 2,
+           "size_mb": 1.0, "gbops_per_audio_s": 1.0, "mem_io_mb_per_audio_s": 1.0, "rtf": 0.1}
+    (tmp_path / "cells.jsonl").write_text(json.dumps(row))
+    sweep = Sweep(SweepConfig(models=["m"]), tmp_path, log=lambda m: None)
+    sweep._record({**row, "dataset": "b", "transcripts": [{"ref": "a", "hyp": "b"}]})
+    assert [json.loads(l)["dataset"] for l in (tmp_path / "cells.jsonl").read_text().splitlines()] == ["a", "b"]
+    assert set(sweep.finished()) == {"m|rtn|W4A16|a", "m|rtn|W4A16|b"}
+    assert json.loads((tmp_path / "transcripts.jsonl").read_text())["cell"] == "m|rtn|W4A16|b"

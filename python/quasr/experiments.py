@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import copy
 import csv
+import functools
 import json
 import random
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +31,8 @@ from .data import Clip, load_clips
 from .evaluate import normalizer, transcribe, word_error_rate
 from .mixed import Calibrator, quantize_to_budget
 from .plan import model_size_bytes
+from .schema import (ANY, NUMBER, RECORD_FIX, STRING, TEXT, Fields, ListOf, MapOf, Rule, append_json_line, check,
+                     read_json_lines, read_text)
 
 EXPERIMENTS = ("language", "gender", "speaker", "sweep")
 
@@ -73,36 +77,80 @@ def digit_accuracy(refs: list[str], hyps: list[str]) -> float:
     return 100.0 * sum(norm(r).strip() == norm(h).strip() for r, h in zip(refs, hyps)) / len(refs)
 
 
+# A finished cell as read back from a *_cells.jsonl file.
+CELL_ROW = Fields("a JSON object with a finished cell's results",
+                  required={"row": TEXT, "col": TEXT, "settings": MapOf(ANY, "a mapping of the run's settings")},
+                  optional={"value": NUMBER.or_null(), "size_mb": NUMBER, "avg_bits": NUMBER,
+                            "budget_mb": NUMBER.or_null()},
+                  other_keys=True)
+
+
 class _Cells:
-    """Finished cells, appended as JSON lines; a rerun skips them."""
+    """Finished cells, appended as JSON lines; a rerun skips them (a last line cut short by a killed
+    run is dropped with a warning, and its cell redone)."""
 
     def __init__(self, path: Path, settings: dict):
         self.path, self.settings = path, settings
         self.done: dict[tuple[str, str], dict] = {}
         if path.exists():
-            for line in path.read_text().splitlines():
-                r = json.loads(line)
-                if r.get("settings") == settings:
+            for _, r in read_json_lines(path, CELL_ROW, "experiment's finished cells", RECORD_FIX,
+                                        cut_truncated_tail=True):
+                if r["settings"] == settings:
                     self.done[(r["row"], r["col"])] = r
 
     def add(self, row: str, col: str, **values) -> dict:
         r = {"row": row, "col": col, **values, "settings": self.settings}
         self.done[(row, col)] = r
-        with self.path.open("a") as f:
-            f.write(json.dumps(r) + "\n")
+        append_json_line(self.path, r)
         return r
+
+
+# The float model's transcripts of each gender's evaluation clips, cached beside the results.
+FLOAT_TRANSCRIPTS = MapOf(Fields("a mapping {ids: [...], texts: [...]}",
+                                 required={"ids": ListOf(STRING, "a list of clip ids"),
+                                           "texts": ListOf(STRING, "a list of transcripts")}),
+                          "a mapping of group: {ids, texts}")
+
+
+def _read_cache(path: Path, rule: Rule) -> dict:
+    """A JSON cache quasr wrote, or {} (with a warning) when it is unreadable: it is only recomputed."""
+    if not path.exists():
+        return {}
+    try:
+        return check(rule, json.loads(read_text(path, "cache")), str(path), "the cache")
+    except ValueError as exc:
+        warnings.warn(f"{path}: ignored and recomputed ({exc})", stacklevel=2)
+        return {}
 
 
 class Experiment:
     def __init__(self, model_name: str, out: str | Path, settings: Settings, progress: bool = False, log=print):
-        from .models import load_model
-
         self.model_name, self.s, self.progress, self.log = model_name, settings, progress, log
         self.out = Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
-        self.float_model, self.processor = load_model(model_name, device=settings.device)
-        self.size_model = SizeModel(self.float_model, group_size=settings.group_size)
-        self.float_size_mb = model_size_bytes(self.float_model) / MB
+
+    # the float model loads on first use: after the experiment's data has been read and checked
+    @functools.cached_property
+    def _float(self):
+        from .models import load_model
+
+        return load_model(self.model_name, device=self.s.device)
+
+    @property
+    def float_model(self):
+        return self._float[0]
+
+    @property
+    def processor(self):
+        return self._float[1]
+
+    @functools.cached_property
+    def size_model(self) -> SizeModel:
+        return SizeModel(self.float_model, group_size=self.s.group_size)
+
+    @functools.cached_property
+    def float_size_mb(self) -> float:
+        return model_size_bytes(self.float_model) / MB
 
     def budget_mb(self, avg_bits: float | None = None) -> float:
         if avg_bits is None and self.s.budget_mb is not None:
@@ -203,10 +251,10 @@ class Experiment:
 
         if kind == "gender":  # references: the float model's own transcripts of the evaluation clips
             cache = self.out / "gender_float_transcripts.json"
-            stored = json.loads(cache.read_text()) if cache.exists() else {}
+            stored = _read_cache(cache, FLOAT_TRANSCRIPTS)
             for g in cols:
                 ids = [c.id for c in groups[g][1]]
-                if stored.get(g, {}).get("ids") != ids:
+                if stored.get(g, {}).get("ids") != ids or len(stored[g]["texts"]) != len(ids):
                     stored[g] = {"ids": ids, "texts": self.transcripts(self.float_model, groups[g][1], "en")}
                     cache.write_text(json.dumps(stored))
                 refs[g] = stored[g]["texts"]

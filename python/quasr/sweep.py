@@ -2,7 +2,8 @@
 
 Every cell (one model quantized by one method at one configuration, evaluated on one dataset) is
 appended to OUT/cells.jsonl as soon as it finishes; a rerun skips finished cells, so a sweep can be
-stopped and resumed, or grown by editing the config. After the cells run, OUT/table.md, table.csv,
+stopped and resumed, or grown by editing the config (a last line cut short by a killed run is dropped
+with a warning, and its cell rerun). After the cells run, OUT/table.md, table.csv,
 wer_pivot.md (config x method), wer_by_dataset.md (method x config by dataset, for models run on
 several), wer_vs_size.png and wer_vs_bops.png are rendered from every finished cell. With `--ray ADDRESS` the cells run as Ray tasks on a cluster (`pip install
 quasr[ray]`; "local" starts a local instance); results still land in the same cells.jsonl on the
@@ -34,14 +35,47 @@ from __future__ import annotations
 
 import csv
 import functools
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-CONFIG_KEYS = {"models", "methods", "configs", "datasets", "calibration", "method_options", "act_granularity", "keep",
-               "only", "device", "batch_size", "include_float"}
+from .schema import (ANY, BOOL, COUNT, NUMBER, POSITIVE_INT, RECORD_FIX, STRING, TEXT, Fields, InputError, ListOf,
+                     MapOf, append_json_line, check, describe, error_at, read_json_lines, read_text)
+
+_NAMES = ListOf(TEXT, "a list of names")
+# The config file's shape; what the names mean (methods, configurations) is checked by validate().
+CONFIG_SCHEMA = Fields(
+    "a mapping of settings",
+    required={"models": ListOf(TEXT, "a list of model names", min_items=1)},
+    optional={
+        "methods": ListOf(TEXT, "a list of method names"),
+        "configs": ListOf(TEXT, "a list of configurations such as W4A16"),
+        "datasets": ListOf(Fields("a mapping that needs `name` and `data`", required={"name": TEXT, "data": TEXT},
+                                  optional={"language": TEXT.or_null(), "limit": POSITIVE_INT.or_null()}),
+                           "a list of datasets, each {name: ..., data: ...}"),
+        "calibration": Fields("a mapping {data: ..., language: ..., limit: ...}",
+                              optional={"data": TEXT, "language": TEXT.or_null(), "limit": POSITIVE_INT}),
+        "method_options": MapOf(MapOf(ANY, "a mapping of option: value"),
+                                "a mapping of method: {option: value}"),
+        "act_granularity": TEXT,
+        "keep": ListOf(TEXT, "a list of layer-name globs"),
+        "only": MapOf(Fields("a mapping of some of datasets, configs, methods",
+                             optional={"datasets": _NAMES, "configs": _NAMES, "methods": _NAMES}),
+                      "a mapping of model: {datasets: [...], configs: [...], methods: [...]}"),
+        "device": TEXT,
+        "batch_size": POSITIVE_INT,
+        "include_float": BOOL,
+    })
+CONFIG_KEYS = set(CONFIG_SCHEMA.known)
+
+# A finished cell's row as read back from cells.jsonl: what resuming and the tables need of it.
+CELL_ROW = Fields(
+    "a JSON object with a finished cell's results",
+    required={"model": TEXT, "method": TEXT, "config": STRING, "dataset": TEXT, "n_clips": COUNT, "size_mb": NUMBER,
+              "gbops_per_audio_s": NUMBER, "mem_io_mb_per_audio_s": NUMBER, "rtf": NUMBER},
+    optional={"wer": NUMBER.or_null()},
+    other_keys=True)
 
 
 @dataclass(frozen=True)
@@ -59,6 +93,17 @@ class Cell:
     def key_of(row: dict) -> str:
         """The key of the cell a result row belongs to."""
         return Cell(row["model"], row["method"], row["config"], row["dataset"]).key
+
+
+def _yaml_problem(exc: Exception) -> str:
+    """Where and what a YAML error is, on one line."""
+    import yaml
+
+    mark = getattr(exc, "problem_mark", None)
+    if isinstance(exc, yaml.MarkedYAMLError) and mark is not None:
+        what = ", ".join(p for p in (exc.context, exc.problem) if p)
+        return f" at line {mark.line + 1}, column {mark.column + 1}: {what}"
+    return f": {' '.join(str(exc).split())}"
 
 
 def _all_methods() -> list[str]:
@@ -86,37 +131,75 @@ class SweepConfig:
     def load(cls, path: str | Path) -> "SweepConfig":
         import yaml
 
+        text = read_text(Path(path), "sweep config")
         try:
-            raw = yaml.safe_load(Path(path).read_text())
-        except yaml.YAMLError as exc:
-            raise ValueError(f"{path}: not valid YAML: {exc}") from None
+            raw = yaml.safe_load(text)
+        except (yaml.YAMLError, ValueError) as exc:  # ValueError: a date such as 2024-13-01
+            raise InputError(f"{path}: not valid YAML{_yaml_problem(exc)}") from None
         if not isinstance(raw, dict) or not raw.get("models"):
-            raise ValueError(f"{path}: a sweep config is a mapping with at least `models: [...]`")
-        unknown = set(raw) - CONFIG_KEYS
-        if unknown:
-            raise ValueError(f"{path}: unknown keys {sorted(unknown)} (known: {sorted(CONFIG_KEYS)})")
-        cfg = cls(**raw)
-        cfg.validate()
+            got = ("the file is empty" if raw is None else "`models` is missing or empty" if isinstance(raw, dict)
+                   else f"got {describe(raw)}")
+            raise InputError(f"{path}: a sweep config is a mapping with at least `models: [...]`; {got}")
+        raw = {k: v for k, v in raw.items() if v is not None}  # `keep:` with nothing after it: the default
+        cfg = cls(**check(CONFIG_SCHEMA, raw, str(path), "the config"))
+        cfg.validate(str(path))
         return cfg
 
-    def validate(self) -> None:
+    def validate(self, source: str = "sweep") -> None:
+        """What the names in a config (of the right shape: CONFIG_SCHEMA) mean: known methods, valid
+        configurations, `only` about models and datasets of the sweep."""
         from .methods import METHODS, parse_config
         from .ranges import ACT_GRANULARITIES
 
-        for m in self.methods:
-            if m not in METHODS:
-                raise ValueError(f"sweep: unknown method {m!r}; choose from {', '.join(METHODS)}")
-        for c in self.configs:
-            parse_config(c)
+        def known_methods(key, names):
+            for i, m in enumerate(names):
+                if m not in METHODS:
+                    raise error_at(source, f"{key}[{i}]", f"is an unknown method {m!r}; choose from {', '.join(METHODS)}")
+
+        def valid_configs(key, configs):
+            for i, c in enumerate(configs):
+                try:
+                    parse_config(c)
+                except ValueError as exc:
+                    raise error_at(source, f"{key}[{i}]", f"is invalid: {exc}") from None
+
+        known_methods("methods", self.methods)
+        valid_configs("configs", self.configs)
         if self.act_granularity not in ACT_GRANULARITIES:
-            raise ValueError(f"sweep: act_granularity must be one of {ACT_GRANULARITIES}")
+            raise error_at(source, "act_granularity", f"must be one of {ACT_GRANULARITIES}, got {self.act_granularity!r}")
         if not self.datasets:
             from .cli import _default_data
 
+            if not _default_data():
+                raise InputError(f"{source}: no `datasets` given and ../shared/speech not found: add "
+                                 "datasets: [{name: NAME, data: MANIFEST_OR_DIR}]")
             self.datasets = [{"name": "en", "data": _default_data(), "language": "en", "limit": 100}]
-        for d in self.datasets:
-            if not d.get("data") or not d.get("name"):
-                raise ValueError(f"sweep: every dataset needs `name` and `data`, got {d}")
+        names = [d["name"] for d in self.datasets]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise error_at(source, f"datasets[{i}].name", f"{name!r} is given twice: dataset names must differ")
+        for model, only in self.only.items():
+            if model not in self.models:
+                raise error_at(source, ("only", model), "is not one of `models`")
+            for i, name in enumerate(only.get("datasets", [])):
+                if name not in names:
+                    raise error_at(source, ("only", model, "datasets", i), f"{name!r} is not one of the datasets' names")
+            known_methods(f"only.{model}.methods", only.get("methods", []))
+            valid_configs(f"only.{model}.configs", only.get("configs", []))
+        for name in self.method_options:
+            if name not in METHODS:
+                raise error_at(source, ("method_options", name), f"is not a method; choose from {', '.join(METHODS)}")
+            try:
+                self.method(name)
+            except ValueError as exc:
+                raise error_at(source, ("method_options", name), f"is invalid: {exc}") from None
+
+    def method(self, name: str):
+        """The method `name` as the sweep runs it: Hessian-weighted clipping unless its method_options
+        say otherwise."""
+        from .methods import get_method
+
+        return get_method(name, **{"clip": "hessian", **self.method_options.get(name, {})})
 
     def cells(self) -> list[Cell]:
         out = []
@@ -199,7 +282,7 @@ def run_group(cfg: SweepConfig, cells: list[Cell]) -> Iterator[dict]:
 
     from .adapters import get_adapter
     from .evaluate import evaluate
-    from .methods import config_plan, get_method, is_mixed, parse_config, quantize
+    from .methods import config_plan, is_mixed, parse_config, quantize
     from .models import load_model
 
     first = cells[0]
@@ -220,7 +303,7 @@ def run_group(cfg: SweepConfig, cells: list[Cell]) -> Iterator[dict]:
         common.update(w_bits=bits, group_size=group, a_bits=act,
                       calibration_data=cfg.calibration.get("data", datasets[first.dataset]["data"]),
                       calibration_language=cal_language)
-        method = get_method(first.method, clip="hessian", **cfg.method_options.get(first.method, {}))
+        method = cfg.method(first.method)
         # every setting the method ran with, defaults included: a row stays readable when defaults change
         common["method_options"] = {"clip": method.clip, "act_range": method.act_range,
                                     **{k: getattr(method, k) for k in method.options()}}
@@ -286,20 +369,18 @@ class Sweep:
     def finished(self) -> dict[str, dict]:
         done = {}
         if self.cells_path.exists():
-            for line in self.cells_path.read_text().splitlines():
-                if line.strip():
-                    r = _upgrade_row(json.loads(line))
-                    done[Cell.key_of(r)] = r
+            for _, row in read_json_lines(self.cells_path, CELL_ROW, "sweep's finished cells", RECORD_FIX,
+                                          cut_truncated_tail=True):
+                r = _upgrade_row(row)
+                done[Cell.key_of(r)] = r
         return done
 
     def _record(self, row: dict) -> None:
         row = dict(row)
         transcripts = row.pop("transcripts", None)
         if transcripts is not None:
-            with self.transcripts_path.open("a") as f:
-                f.write(json.dumps({"cell": Cell.key_of(row), "transcripts": transcripts}) + "\n")
-        with self.cells_path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+            append_json_line(self.transcripts_path, {"cell": Cell.key_of(row), "transcripts": transcripts})
+        append_json_line(self.cells_path, row)
         wer = "n/a" if row.get("wer") is None else f"{row['wer']:.2f}%"
         self.log(f"{row['model']} {row['method']} {row['config'] or 'float'} {row['dataset']}: WER {wer}, "
                  f"{row['size_mb']:.2f} MB, {row['gbops_per_audio_s']:.1f} GBOPs/s audio")
