@@ -97,3 +97,16 @@ def tiny_family(family: str, tmp_path: Path | None = None):
 
 
 FAMILIES = ("whisper", "moonshine", "wav2vec2")
+
+
+def write_clips(folder: Path, n: int = 2, text: str = "hello world") -> Path:
+    """A folder of n short noise clips with same-name transcripts (data for tiny models)."""
+    import numpy as np
+    import soundfile as sf
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        sf.write(folder / f"c{i}.wav", rng.normal(0, 0.1, 12000).astype(np.float32), 16000)
+        (folder / f"c{i}.txt").write_text(text)
+    return folder

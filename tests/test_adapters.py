@@ -83,8 +83,8 @@ def test_quantize_end_to_end_and_round_trip(adapter, bits, tmp_path):
     assert current_plan(model) == plan
     assert [n for b in adapter.blocks() for n in b.layers] == adapter.layer_order()  # packed layers still listed
     assert len(adapter.transcribe(waves)) == 1
-    save_quantized(model, adapter.processor, tmp_path)
-    loaded = get_adapter(*load_quantized(tmp_path))
+    save_quantized(model, adapter.processor, tmp_path / "q")  # tmp_path holds the fixture's vocab.json
+    loaded = get_adapter(*load_quantized(tmp_path / "q"))
     kwargs = {} if adapter.is_ctc else {"decoder_input_ids": torch.tensor([[1, 5, 7]])}
     with torch.inference_mode():
         a = model(**ref, **kwargs).logits

@@ -27,31 +27,23 @@ def test_bad_input_gives_clear_errors(tmp_path, capsys):
     assert main(["eval", "no-such-model", "--data", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "no clips" in err or "unknown model" in err
-    with pytest.raises(SystemExit):
-        main(["quantize", "whisper-tiny.en", "--bits", "x", "--out", str(tmp_path)])
+    assert main(["quantize", "whisper-tiny.en", "--bits", "x", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("quasr: error: argument --bits")
     assert main(["quantize", "whisper-tiny.en", "--bits", "9", "--out", str(tmp_path / "o")]) == 2
-    assert "bits must be" in capsys.readouterr().err
+    assert "argument --bits: invalid choice: 9" in capsys.readouterr().err
 
 
 @pytest.mark.filterwarnings("ignore")
 @pytest.mark.parametrize("family", ["whisper", "moonshine", "wav2vec2"])
 def test_every_family_through_the_cli(family, tmp_path, capsys):
     """quantize -> save -> eval -> transcribe from local HF directories of each family."""
-    import numpy as np
-    import soundfile as sf
-
-    from conftest import tiny_family
+    from conftest import tiny_family, write_clips
 
     model, processor = tiny_family(family, tmp_path)
     src = tmp_path / "src"
     model.save_pretrained(src)
     processor.save_pretrained(src)
-    data = tmp_path / "data"
-    data.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(2):
-        sf.write(data / f"c{i}.wav", rng.normal(0, 0.1, 12000).astype(np.float32), 16000)
-        (data / f"c{i}.txt").write_text("hello world")
+    data = write_clips(tmp_path / "data")
     out = tmp_path / "q"
     assert main(["quantize", str(src), "--bits", "4", "--group-size", "32", "--out", str(out), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["avg_bits"] == 4

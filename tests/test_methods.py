@@ -12,12 +12,12 @@ from torch import nn
 from conftest import FAMILIES, tiny_family
 from quasr import ops
 from quasr.adapters import get_adapter
-from quasr.format import dequantize
+from quasr.format import dequantize, resolve_group_size
 from quasr.methods import METHODS, config_plan, get_method, parse_config, quantize, with_activations
 from quasr.methods.pipeline import LayerInputs, LayerJob
 from quasr.methods.scaling import layer_output_error
 from quasr.methods.weight_only import rtn_layer
-from quasr.plan import KEEP, current_plan, uniform_plan
+from quasr.plan import KEEP, current_plan, flat_weight, quantizable_layers, uniform_plan
 from quasr.ranges import fake_quant_tokens
 from quasr.rotation import Rotation, hadamard, random_signs, rotation_factors
 
@@ -61,6 +61,7 @@ def test_method_quantizes_every_family_and_honours_the_plan(family, method, cali
     with torch.no_grad():
         ref = ad.forward_logits(batches[0])
     plan = _mixed_plan(model)
+    layers = quantizable_layers(model)
     options = {"steps": 5} if method in ("omniquant", "spinquant") else {}
     if method == "omniquant-block":  # trained on whole blocks' outputs, kept layers inside them
         method, options = "omniquant", {"steps": 5, "objective": "block"}
@@ -72,8 +73,10 @@ def test_method_quantizes_every_family_and_honours_the_plan(family, method, cali
         if spec == KEEP:
             assert got[name] == KEEP, name
             continue
-        for key in ("bits", "group_size", "symmetric", "act_bits", "act_granularity"):
+        for key in ("bits", "symmetric", "act_bits", "act_granularity"):
             assert got[name].get(key) == spec.get(key), (name, key)
+        k = flat_weight(layers[name]).shape[1]  # a group wider than the layer is its per-channel group
+        assert got[name]["group_size"] == resolve_group_size(spec["group_size"], k)[0], name
         assert got[name] == final["layers"][name]
     with torch.no_grad():
         out = ad.forward_logits(batches[0])

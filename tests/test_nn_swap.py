@@ -90,11 +90,14 @@ def test_bad_plans():
 
 
 def _save_tiny(tmp_path, bits=4):
-    from transformers import WhisperFeatureExtractor
+    from transformers import WhisperFeatureExtractor, WhisperProcessor
+
+    from conftest import _word_tokenizer
 
     model = tiny_whisper()
     swap(model, uniform_plan(model, bits, 64), progress=False)
-    save_quantized(model, WhisperFeatureExtractor(), tmp_path)
+    save_quantized(model, WhisperProcessor(feature_extractor=WhisperFeatureExtractor(), tokenizer=_word_tokenizer(300)),
+                   tmp_path)
     return model
 
 
@@ -120,7 +123,14 @@ def test_mismatched_checkpoint(tmp_path):
     info = json.loads((tmp_path / "quasr_plan.json").read_text())
     info["plan"]["layers"]["proj_out"]["bits"] = 3  # plan says 3 bits, tensors hold 4
     (tmp_path / "quasr_plan.json").write_text(json.dumps(info))
-    with pytest.raises(CheckpointError, match="does not match"):
+    with pytest.raises(CheckpointError, match="does not belong"):  # the plan's digest no longer matches, then
+        load_quantized(tmp_path)                                    # (re-signed) its shapes do not either
+    from safetensors.torch import load_file
+
+    from test_checkpoints import _rewrite
+
+    _rewrite(tmp_path, info, load_file(str(tmp_path / "model.safetensors")))
+    with pytest.raises(CheckpointError, match="checkpoint does not match its plan"):
         load_quantized(tmp_path)
     (tmp_path / "quasr_plan.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="corrupt"):

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from .allocate import ALLOCATIONS
@@ -33,11 +34,53 @@ def _quiet_transformers() -> None:
 
 
 def _group(value: str) -> int:
-    return -1 if value in ("-1", "channel", "per-channel") else int(value)
+    if value in ("-1", "channel", "per-channel"):
+        return -1
+    g = _number(value, int, "a group size: give 32, 64, 128, ... or -1")
+    if g <= 0 or g % 32:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive multiple of 32 (32, 64, 128, ...) or -1 for "
+                                         f"per-channel")
+    return g
+
+
+def _number(value: str, kind: type, what: str):
+    try:
+        return kind(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not {what}") from None
+
+
+def _positive_int(value: str) -> int:
+    n = _number(value, int, "a whole number")
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
+def _positive_float(value: str) -> float:
+    import math
+
+    x = _number(value, float, "a number")
+    if not math.isfinite(x) or x <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {value}")
+    return x
+
+
+def _avg_bits(value: str) -> float:
+    x = _positive_float(value)
+    if not 2 <= x <= 8:
+        raise argparse.ArgumentTypeError(f"an average width must lie in 2..8 bits, got {value}")
+    return x
+
+
+def _out_dir(value: str) -> Path:
+    if not value.strip():
+        raise argparse.ArgumentTypeError("is empty: give the folder to write, e.g. --out tiny-w4")
+    return Path(value)
 
 
 def _add_quant_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--bits", type=int, default=4, help="weight bits, 2-8 (default 4)")
+    p.add_argument("--bits", type=int, default=4, choices=range(2, 9), metavar="{2..8}", help="weight bits, 2-8 (default 4)")
     p.add_argument("--group-size", type=_group, default=128, help="32, 64, 128 (default) or -1 for per-channel")
     p.add_argument("--symmetric", action="store_true", help="symmetric quantization (default asymmetric)")
     p.add_argument("--method", default="rtn", choices=list(METHODS),
@@ -49,7 +92,7 @@ def _add_quant_args(p: argparse.ArgumentParser) -> None:
                    help="an Edge-ASR configuration (W8A16, W4A16, W3A16, W2A16, W8A8, W4A8, W4A4, or W<b>A<b>g<group>): "
                         "sets --bits, --group-size and --act-bits; a fractional W (W3.5A8) sets --avg-bits instead "
                         "(mixed precision, needs --calib)")
-    p.add_argument("--act-bits", type=int, default=16, help="activation fake-quant bits at each quantized layer's input, "
+    p.add_argument("--act-bits", type=int, default=16, choices=[*range(2, 9), 16], metavar="{2..8,16}", help="activation fake-quant bits at each quantized layer's input, "
                                                             "2-8 (default 16: none)")
     p.add_argument("--act-granularity", default="token", choices=["token", "tensor"],
                    help="per-token dynamic ranges (default) or one static range per tensor calibrated on --calib")
@@ -62,10 +105,10 @@ def _add_quant_args(p: argparse.ArgumentParser) -> None:
 
 def _add_budget_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("mixed precision to a size budget (bits per layer chosen from calibration audio)")
-    g.add_argument("--budget-mb", type=float, default=None, help="target size in MB (10^6 bytes), everything counted")
-    g.add_argument("--avg-bits", type=float, default=None, help="target the size of this average weight width instead")
+    g.add_argument("--budget-mb", type=_positive_float, default=None, help="target size in MB (10^6 bytes), everything counted")
+    g.add_argument("--avg-bits", type=_avg_bits, default=None, help="target the size of this average weight width instead")
     g.add_argument("--calib", default=None, help="unlabelled calibration audio: manifest, folder or hf:NAME:SPLIT")
-    g.add_argument("--calib-limit", type=int, default=32, help="calibration clips to use (default 32)")
+    g.add_argument("--calib-limit", type=_positive_int, default=32, help="calibration clips to use (default 32)")
     g.add_argument("--calib-language", default=None, help="only calibration clips of this language")
     g.add_argument("--allocation", default="myqasr", choices=list(ALLOCATIONS), help="bit allocator (default myqasr)")
     g.add_argument("--sensitivity", default="median", choices=list(SCORES), help="myqasr's layer score (default median)")
@@ -153,40 +196,60 @@ def _summary(label: str, r: dict) -> str:
             f"{r['n_clips']} clips  {r['seconds']:.1f} s  RTF {r['rtf']:.3f}")
 
 
+def _refuse_quantized(model, name: str) -> None:
+    """Quantizing packed layers again would save the same model under a new request: refuse."""
+    from .nn import QuantConv1d, QuantLinear
+    from .plan import average_bits
+
+    if any(isinstance(m, (QuantLinear, QuantConv1d)) for m in model.modules()):
+        source = ""
+        plan_file = Path(name) / "quasr_plan.json"
+        if plan_file.exists():
+            source = json.loads(plan_file.read_text()).get("source") or ""
+        hint = f" ({source!r})" if source else ""
+        raise ValueError(f"{name} is already quantized (avg {average_bits(model):.2f} bits): its float weights are "
+                         f"gone, so it cannot be quantized again; quantize its float source{hint} instead")
+
+
 def cmd_quantize(args) -> int:
     from .models import load_model
+    from .outputs import OutputFolder
     from .plan import average_bits, model_size_bytes
-    from .serialize import save_quantized
+    from .serialize import write_quantized
 
-    model, processor = load_model(args.model, device=args.device)
-    start = time.perf_counter()
+    from .data import load_clips
+
+    target = OutputFolder(args.out, args.overwrite)  # a bad --out or --eval fails here, before any work
+    eval_clips = load_clips(args.eval, args.eval_language, args.eval_limit) if args.eval else None
     _apply_config(args)
-    mixed = args.budget_mb is not None or args.avg_bits is not None
-    if mixed:
-        result = _quantize_to_budget(model, processor, args)
-    else:
-        _quantize(model, processor, args)
-    meta = {"source": args.model, "method": args.method, "clip": args.clip or "mse", "act_bits": args.act_bits}
-    if mixed:
-        meta.update(result.settings, allocation=args.allocation, budget_mb=result.allocation.budget_bytes / 1e6)
-    save_quantized(model, processor, args.out, meta)
-    out = {"out": str(args.out), "size_mb": model_size_bytes(model) / 1e6, "avg_bits": average_bits(model),
-           "seconds": time.perf_counter() - start, "group_size": args.group_size, "method": args.method}
-    if mixed:
-        from .mixed import plot_bits
+    with target as stage:  # locked; the folder appears only when everything in it is written
+        model, processor = load_model(args.model, device=args.device)
+        _refuse_quantized(model, args.model)
+        start = time.perf_counter()
+        mixed = args.budget_mb is not None or args.avg_bits is not None
+        if mixed:
+            result = _quantize_to_budget(model, processor, args)
+        else:
+            _quantize(model, processor, args)
+        meta = {"source": args.model, "method": args.method, "clip": args.clip or "mse", "act_bits": args.act_bits}
+        if mixed:
+            meta.update(result.settings, allocation=args.allocation, budget_mb=result.allocation.budget_bytes / 1e6)
+        write_quantized(model, processor, stage, meta)
+        out = {"out": str(args.out), "size_mb": model_size_bytes(model) / 1e6, "avg_bits": average_bits(model),
+               "seconds": time.perf_counter() - start, "group_size": args.group_size, "method": args.method}
+        if mixed:
+            from .mixed import plot_bits
 
-        result.save(args.out / "allocation.json")
-        plot_bits(result, args.out / "bits.png", f"{args.model}: {args.allocation}")
-        out.update(budget_mb=result.allocation.budget_bytes / 1e6, allocation=args.allocation,
-                   n_calibration_clips=result.n_calibration_clips)
-    else:
-        out["bits"] = args.bits
-    if args.eval:
-        from .data import load_clips
+            result.save(stage / "allocation.json")
+            plot_bits(result, stage / "bits.png", f"{args.model}: {args.allocation}")
+            out.update(budget_mb=result.allocation.budget_bytes / 1e6, allocation=args.allocation,
+                       n_calibration_clips=result.n_calibration_clips)
+        else:
+            out["bits"] = args.bits
+    if eval_clips:
         from .evaluate import evaluate
 
-        clips = load_clips(args.eval, args.eval_language, args.eval_limit)
-        r = evaluate(model, processor, clips, args.eval_language, args.batch_size, progress=sys.stderr.isatty())
+        r = evaluate(model, processor, eval_clips, args.eval_language, args.batch_size, progress=sys.stderr.isatty())
         out.update(wer=r["wer"], n_eval_clips=r["n_clips"], n_scored=r["n_scored"])
     if args.json:
         print(json.dumps(out))
@@ -251,6 +314,7 @@ def cmd_demo(args) -> int:
     clips = _load_data(args)
     results = {}
     model, processor = load_model(args.model, device=args.device)
+    _refuse_quantized(model, args.model)
     results["float"] = evaluate(model, processor, clips, args.language, args.batch_size, progress=sys.stderr.isatty())
     print(_summary(f"{args.model} float", results["float"]), flush=True)
     _apply_config(args)
@@ -314,16 +378,28 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """Warnings as one `quasr: warning: ...` line (not Python's file:line: UserWarning: form)."""
+    return f"quasr: warning: {message}\n"
+
+
+class _Parser(argparse.ArgumentParser):
+    """Argument errors in the same one-line form as every other error (and exit code 2)."""
+
+    def error(self, message):
+        self.exit(2, f"quasr: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="quasr", description="Low-bit PTQ for speech recognition models")
+    ap = _Parser(prog="quasr", description="Low-bit PTQ for speech recognition models")
     sub = ap.add_subparsers(dest="command", required=True)
 
     def data_args(p):
         p.add_argument("--data", help="manifest .jsonl, folder of audio (+ .txt transcripts), or hf:NAME[:CONFIG]:SPLIT "
                                       "(default: ../shared/speech/prompts)")
         p.add_argument("--language", default=None, help="language code: filters the data, sets Whisper's language")
-        p.add_argument("--limit", type=int, default=None, help="use the first N clips")
-        p.add_argument("--batch-size", type=int, default=8)
+        p.add_argument("--limit", type=_positive_int, default=None, help="use the first N clips")
+        p.add_argument("--batch-size", type=_positive_int, default=8)
         _add_device_arg(p)
         p.add_argument("--json", action="store_true", help="print figures as one JSON object")
 
@@ -331,11 +407,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     _add_quant_args(p)
     _add_budget_args(p)
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--out", required=True, type=_out_dir,
+                   help="folder to write (new, empty, or an earlier quasr output, which is replaced)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out even if it holds files quasr did not write")
     p.add_argument("--eval", default=None, help="also measure WER on this data (manifest, folder or hf:...)")
     p.add_argument("--eval-language", default=None)
-    p.add_argument("--eval-limit", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--eval-limit", type=_positive_int, default=None)
+    p.add_argument("--batch-size", type=_positive_int, default=8)
     _add_device_arg(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_quantize)
@@ -351,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.add_argument("audio", nargs="+")
     p.add_argument("--language", default=None)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=_positive_int, default=8)
     _add_device_arg(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_transcribe)
@@ -366,24 +444,24 @@ def build_parser() -> argparse.ArgumentParser:
                                           "markdown + CSV tables and PNG plots in --out; resumable")
     p.add_argument("kind", choices=["language", "gender", "speaker", "sweep"])
     p.add_argument("model")
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--out", required=True, type=_out_dir)
     p.add_argument("--data", default=None, help="manifest with language/gender/speaker fields "
                                                 "(default: the matching ../shared/speech set)")
     p.add_argument("--language", default=None, help="sweep: language of the evaluation prompts (default en)")
-    p.add_argument("--budget-mb", type=float, default=None)
-    p.add_argument("--avg-bits", type=float, default=3.5, help="budget as the size of this average width (default 3.5)")
+    p.add_argument("--budget-mb", type=_positive_float, default=None)
+    p.add_argument("--avg-bits", type=_avg_bits, default=3.5, help="budget as the size of this average width (default 3.5)")
     p.add_argument("--allocation", default="myqasr", choices=list(ALLOCATIONS))
     p.add_argument("--allocations", nargs="+", default=["uniform", "myqasr", "optimal"], choices=list(ALLOCATIONS),
                    help="sweep: allocators to compare")
-    p.add_argument("--sweep-bits", nargs="+", type=float, default=[2.5, 3.0, 3.5, 4.0, 5.0],
+    p.add_argument("--sweep-bits", nargs="+", type=_avg_bits, default=[2.5, 3.0, 3.5, 4.0, 5.0],
                    help="sweep: budgets as average bit widths")
     p.add_argument("--sensitivity", default="median", choices=list(SCORES))
     p.add_argument("--error", default="fisher", choices=list(ERRORS))
     p.add_argument("--clip", default=None, choices=["mse", "minmax", "cosine", "hessian"])
     p.add_argument("--group-size", type=_group, default=128)
-    p.add_argument("--calib-clips", type=int, default=32, help="calibration clips per group (default 32)")
-    p.add_argument("--eval-clips", type=int, default=40, help="held-apart evaluation clips per group (default 40)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--calib-clips", type=_positive_int, default=32, help="calibration clips per group (default 32)")
+    p.add_argument("--eval-clips", type=_positive_int, default=40, help="held-apart evaluation clips per group (default 40)")
+    p.add_argument("--batch-size", type=_positive_int, default=8)
     _add_device_arg(p)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_experiment)
@@ -391,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="Edge-ASR benchmark: models x PTQ methods x bit configs x datasets from a YAML "
                                      "config; resumable (cells.jsonl), table.md/csv and WER-vs-size/BOPs plots in --out")
     p.add_argument("config", type=Path)
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--out", required=True, type=_out_dir)
     p.add_argument("--ray", default=None, metavar="ADDRESS",
                    help="run cells as Ray tasks on this cluster ('local' starts one here); needs quasr[ray]")
     p.set_defaults(func=cmd_sweep)
@@ -402,13 +480,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, or an argument error already printed as one line
+        return int(exc.code or 0)
     _quiet_transformers()
+    plain_format, warnings.formatwarning = warnings.formatwarning, _format_warning
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, OSError) as exc:
+    except (ValueError, FileNotFoundError, OSError, ImportError) as exc:
         print(f"quasr: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("quasr: interrupted (nothing was written to --out)", file=sys.stderr)
+        return 130
+    finally:
+        warnings.formatwarning = plain_format
 
 
 if __name__ == "__main__":

@@ -43,9 +43,10 @@ def plane_widths(bits: int) -> tuple[int, ...]:
 def resolve_group_size(group_size: int | None, in_features: int) -> tuple[int, int]:
     """Return (effective group size, padded K) for a layer with `in_features` inputs.
 
-    group_size None or -1 means one group per output channel (the whole padded row). Otherwise it
-    must be a positive multiple of 32; K is zero-padded up to a multiple of it (never refused), and
-    the padding is counted in the model size.
+    group_size None or -1 means one group per output channel (the whole padded row), and so does a
+    group at least as wide as the row (a group past K would only store padding). Otherwise it must
+    be a positive multiple of 32; K is zero-padded up to a multiple of it (never refused), and the
+    padding is counted in the model size.
     """
     if in_features <= 0:
         raise ValueError(f"in_features must be positive, got {in_features}")
@@ -57,6 +58,9 @@ def resolve_group_size(group_size: int | None, in_features: int) -> tuple[int, i
             f"group_size must be a positive multiple of {K_ALIGN} (e.g. 32, 64, 128) or -1 for "
             f"per-channel, got {group_size!r}"
         )
+    aligned = -(-in_features // K_ALIGN) * K_ALIGN
+    if group_size >= aligned:
+        return aligned, aligned
     padded = -(-in_features // group_size) * group_size
     return group_size, padded
 

@@ -79,6 +79,8 @@ def _convert(name: str):
 
 
 def _convert_builtin(name: str, dest: Path) -> None:
+    from .outputs import publish_permissions
+
     model, processor = _convert(name)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{name}-"))
@@ -86,6 +88,7 @@ def _convert_builtin(name: str, dest: Path) -> None:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
         (tmp / "quasr_source.json").write_text(json.dumps({"name": name, "converter": CONVERTER_VERSION}))
+        publish_permissions(tmp)  # mkdtemp's 0700, safetensors' 0600: the cache is as readable as any folder
         if dest.exists():
             shutil.rmtree(dest)
         tmp.rename(dest)  # atomic: a half-written cache is never picked up
@@ -151,6 +154,8 @@ def _load_model(name_or_path: str, dtype=None):
             return load_quantized(path)
         if not (path / "config.json").exists():
             raise FileNotFoundError(f"{path} is not a model directory (no config.json)")
+    elif name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1:
+        raise FileNotFoundError(f"model folder not found: {name_or_path} (a hub id is NAMESPACE/NAME)")
     elif "/" not in name_or_path:
         raise ValueError(
             f"unknown model {name_or_path!r}: use one of {sorted(BUILTIN)}, a local model directory, or a hub id"

@@ -17,6 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .format import PackedWeight, check_bits, resolve_group_size
+from .integrity import check_finite_model
 from .ranges import ACT_GRANULARITIES
 from .nn import QuantConv1d, QuantLinear, QuantTiedEmbedding
 from .quantize import CLIP_METHODS, rtn_quantize
@@ -28,6 +29,14 @@ KEEP = "keep"
 # methods, see nn._Packed).
 SPEC_KEYS = {"bits", "group_size", "symmetric", "act_bits", "act_granularity", "act_symmetric", "rotate", "smooth",
              "shift"}
+
+
+SPEC_TYPES = {"bits": (int,), "group_size": (int,), "symmetric": (bool,), "act_bits": (int, None),
+              "act_granularity": (str,), "act_symmetric": (bool,), "rotate": (bool, "learned"), "smooth": (bool,),
+              "shift": (bool,)}
+SPEC_TYPE_NAMES = {"bits": "an integer", "group_size": "an integer", "symmetric": "true or false",
+                   "act_bits": "an integer (16: none)", "act_granularity": "a string", "act_symmetric": "true or false",
+                   "rotate": "true or \"learned\" (or false)", "smooth": "true or false", "shift": "true or false"}
 
 
 def quantizable_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -43,6 +52,9 @@ def check_spec(name: str, spec) -> dict | str:
     unknown = set(spec) - SPEC_KEYS
     if unknown:
         raise ValueError(f"plan entry {name!r} has unknown keys {sorted(unknown)} (known: {sorted(SPEC_KEYS)})")
+    for key, kinds in SPEC_TYPES.items():  # JSON types exactly: a "yes" or a null is not a boolean
+        if key in spec and not (type(spec[key]) in kinds or spec[key] in kinds):
+            raise ValueError(f"plan entry {name!r}: {key} must be {SPEC_TYPE_NAMES[key]}, got {spec[key]!r}")
     try:
         check_bits(spec["bits"])
         resolve_group_size(spec.get("group_size", 128), 32)
@@ -86,7 +98,11 @@ def validate_plan(model: nn.Module, plan: dict) -> dict[str, dict | str]:
     unknown = [n for n in plan["layers"] if n not in layers]
     if unknown:
         raise ValueError(f"plan names layers the model does not have (or that are not Linear/Conv1d): {unknown[:5]}")
-    return {n: check_spec(n, s) for n, s in plan["layers"].items()}
+    specs = {n: check_spec(n, s) for n, s in plan["layers"].items()}
+    for name, spec in specs.items():  # the group each layer really gets (a group past K is per-channel)
+        if spec != KEEP:
+            spec["group_size"] = resolve_group_size(spec["group_size"], flat_weight(layers[name]).shape[1])[0]
+    return specs
 
 
 def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -188,6 +204,7 @@ def swap(model: nn.Module, plan: dict, quantizer: Quantizer | None = None,
     a QuantTiedEmbedding reading the same packed rows, so the shared table is stored once.
     """
     specs = validate_plan(model, plan)
+    check_finite_model(model, "swap")  # a NaN bias or norm would ship as silently as a NaN weight
     quantizer = quantizer or rtn_quantizer()
     transforms = dict(transforms or {})
     layers = quantizable_layers(model)

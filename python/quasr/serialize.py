@@ -6,24 +6,39 @@ of quantized layers are never materialised."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
 
+from .integrity import json_digest, nonfinite, tensor_digest
 from .plan import current_plan, empty_swap
 
-FORMAT_VERSION = 1
+# 2: per-tensor sha256 digests in quasr_plan.json, the plan's digest in the safetensors header
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1: no digests (loads with a warning)
+PLAN_DIGEST_KEY = "quasr_plan_sha256"
 
 
 class CheckpointError(ValueError):
     pass
 
 
-def save_quantized(model, processor, out_dir: str | Path, meta: dict | None = None) -> Path:
+def save_quantized(model, processor, out_dir: str | Path, meta: dict | None = None, overwrite: bool = False) -> Path:
+    """Write a quantized model to `out_dir`, all or nothing (see quasr.outputs): an existing quasr
+    output there is replaced; a non-empty folder quasr did not write is refused unless `overwrite`."""
+    from .outputs import OutputFolder
+
+    with OutputFolder(out_dir, overwrite) as stage:
+        write_quantized(model, processor, stage, meta)
+    return Path(out_dir)
+
+
+def write_quantized(model, processor, folder: str | Path, meta: dict | None = None) -> None:
+    """The checkpoint's files, written into an existing (staging) folder."""
     from safetensors.torch import save_file
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(folder)
     state, aliases, seen = {}, {}, {}
     for k, v in model.state_dict().items():
         key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape))
@@ -32,15 +47,76 @@ def save_quantized(model, processor, out_dir: str | Path, meta: dict | None = No
             continue
         seen[key] = k
         state[k] = v.detach().cpu().contiguous()  # a model on a GPU saves like one on the CPU
-    save_file(state, str(out / "model.safetensors"))
+    info = {"format_version": FORMAT_VERSION, "model_type": model.config.model_type, "plan": current_plan(model),
+            "aliases": aliases, "sha256": {k: tensor_digest(v) for k, v in state.items()}, **(meta or {})}
+    save_file(state, str(out / "model.safetensors"), metadata={PLAN_DIGEST_KEY: json_digest(info)})
     model.config.save_pretrained(out)
     if getattr(model, "generation_config", None) is not None:  # CTC models have none
         model.generation_config.save_pretrained(out)
     processor.save_pretrained(out)
-    info = {"format_version": FORMAT_VERSION, "model_type": model.config.model_type, "plan": current_plan(model),
-            "aliases": aliases, **(meta or {})}
     (out / "quasr_plan.json").write_text(json.dumps(info, indent=1))
-    return out
+
+
+def _read_plan(path: Path) -> dict:
+    """quasr_plan.json, checked for the shape every later step relies on."""
+    try:
+        info = json.loads((path / "quasr_plan.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}/quasr_plan.json is corrupt: {exc}") from None
+    if not isinstance(info, dict):
+        raise CheckpointError(f"{path}/quasr_plan.json must hold a JSON object, found {type(info).__name__}: "
+                              f"the file is corrupt or not quasr's; re-create the checkpoint")
+    version = info.get("format_version")
+    if version not in READABLE_VERSIONS:
+        raise CheckpointError(f"{path}: unsupported quasr format version {version!r} (this quasr reads "
+                              f"{list(READABLE_VERSIONS)}); upgrade quasr or re-create the checkpoint")
+    expected = {"plan": dict, "aliases": dict, **({"sha256": dict} if version >= 2 else {})}
+    for key, kind in expected.items():
+        if not isinstance(info.get(key, {} if key == "aliases" else None), kind):
+            raise CheckpointError(f"{path}/quasr_plan.json: {key!r} must be a JSON object, found "
+                                  f"{type(info.get(key)).__name__}; the file is corrupt: re-create the checkpoint")
+    for key in ("aliases", "sha256"):
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in info.get(key, {}).items()):
+            raise CheckpointError(f"{path}/quasr_plan.json: {key!r} must map tensor names to strings")
+    return info
+
+
+def _read_state(path: Path, info: dict) -> dict:
+    """The stored tensors, verified against the digests and aliases of the plan."""
+    from safetensors import SafetensorError, safe_open
+
+    file = path / "model.safetensors"
+    try:
+        with safe_open(str(file), "pt") as f:
+            header = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{file} is missing or corrupt: {exc}") from None
+    if info["format_version"] >= 2:
+        if header.get(PLAN_DIGEST_KEY) != json_digest(info):
+            raise CheckpointError(f"{path}: quasr_plan.json does not belong to model.safetensors (its digest differs "
+                                  f"from the one stored with the tensors): it was edited or comes from another save")
+        digests = info["sha256"]
+        if set(digests) != set(state):
+            raise CheckpointError(f"{path}: model.safetensors holds {sorted(set(state) - set(digests))[:4]} without a "
+                                  f"digest and lacks {sorted(set(digests) - set(state))[:4]}; the checkpoint is corrupt")
+        bad = [k for k, t in state.items() if tensor_digest(t) != digests[k]]
+        if bad:
+            raise CheckpointError(f"{path}: {len(bad)} stored tensor(s) fail their sha256 check ({bad[:4]}): "
+                                  f"model.safetensors is corrupt; re-create or re-copy the checkpoint")
+    else:
+        warnings.warn(f"{path}: a format-1 quasr checkpoint has no digests, so its tensors cannot be verified; "
+                      f"save it again to add them", stacklevel=3)
+    for alias, target in info.get("aliases", {}).items():
+        if alias in state:  # an alias only fills a tied tensor that is not stored
+            raise CheckpointError(f"{path}: alias {alias!r} -> {target!r} would replace a stored tensor")
+        if target not in state:
+            raise CheckpointError(f"{path}: alias {alias!r} points at {target!r}, which is not stored")
+        state[alias] = state[target]
+    bad = nonfinite(state.items())
+    if bad:
+        raise CheckpointError(f"{path}: NaN or infinite values in {bad[:4]}: the checkpoint is corrupt")
+    return state
 
 
 def _restore_computed_buffers(model, model_class, config) -> None:
@@ -63,20 +139,17 @@ def _restore_computed_buffers(model, model_class, config) -> None:
 
 def load_quantized(path: str | Path):
     """(model, processor) from a directory written by save_quantized."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
     from transformers import AutoConfig, AutoProcessor, GenerationConfig
 
     from .adapters import adapter_class
+    from .adapters.base import check_processor
 
     path = Path(path)
+    info = _read_plan(path)
     try:
-        info = json.loads((path / "quasr_plan.json").read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}/quasr_plan.json is corrupt: {exc}") from None
-    if info.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: unsupported quasr format version {info.get('format_version')!r}")
-    config = AutoConfig.from_pretrained(path)
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path}/config.json is missing or corrupt: {str(exc).splitlines()[0]}") from None
     try:
         model_class = adapter_class(config.model_type).model_class()
     except ValueError as exc:
@@ -87,13 +160,7 @@ def load_quantized(path: str | Path):
         empty_swap(model, info["plan"])
     except (ValueError, KeyError) as exc:
         raise CheckpointError(f"{path}: plan does not fit the model config: {exc}") from None
-    try:
-        state = load_file(str(path / "model.safetensors"))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}/model.safetensors is missing or corrupt: {exc}") from None
-    for alias, target in info.get("aliases", {}).items():
-        if target in state:
-            state[alias] = state[target]
+    state = _read_state(path, info)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -111,4 +178,12 @@ def load_quantized(path: str | Path):
     if (path / "generation_config.json").exists():
         model.generation_config = GenerationConfig.from_pretrained(path)
     model.eval()
-    return model, AutoProcessor.from_pretrained(path)
+    try:
+        processor = AutoProcessor.from_pretrained(path)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path}: the processor cannot be loaded: {str(exc).splitlines()[0]}") from None
+    try:
+        check_processor(model, processor, str(path))
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
+    return model, processor

@@ -48,6 +48,30 @@ def supported_model_types() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def check_processor(model: nn.Module, processor, where: str) -> None:
+    """A processor that cannot turn the model's output ids into text is an error at load, not empty
+    transcripts later (a folder missing tokenizer.json loads a tokenizer with one token)."""
+    tokenizer = getattr(processor, "tokenizer", None)
+    if tokenizer is None:
+        raise ValueError(f"{where}: the processor has no tokenizer, so nothing can be transcribed; the folder needs "
+                         f"the tokenizer files (tokenizer.json / vocab.json) its model was saved with")
+    vocab = getattr(model.config, "vocab_size", None)
+    if vocab and len(tokenizer) < vocab // 2:
+        raise ValueError(f"{where}: the tokenizer knows {len(tokenizer)} tokens but the model outputs {vocab}: "
+                         f"tokenizer.json is missing or belongs to another model; copy the model's tokenizer files "
+                         f"into the folder")
+
+
+def _check_loading_info(info: dict, source: str) -> None:
+    problems = [f"{what} {sorted(info.get(key) or [])[:4]}" for key, what in
+                (("missing_keys", "missing"), ("unexpected_keys", "unexpected"), ("mismatched_keys", "wrong shape"))
+                if info.get(key)]
+    problems += [str(e) for e in info.get("error_msgs") or []]
+    if problems:
+        raise ValueError(f"{source}: the weights do not match the model's config ({'; '.join(problems)}); the folder "
+                         f"is incomplete or mixes two models: re-create or re-download it")
+
+
 @dataclass
 class Block:
     """A unit of execution: the front-end convolutions, one encoder or decoder layer, or a head."""
@@ -72,6 +96,45 @@ def split_long(wave: np.ndarray, max_seconds: float = 30.0) -> list[np.ndarray]:
     return pieces
 
 
+def voiced_seconds(wave: np.ndarray) -> float:
+    """Seconds of 100 ms frames within 26 dB of the clip's loud frames (its 95th-percentile RMS) and
+    above -50 dBFS."""
+    frame = SAMPLE_RATE // 10
+    n = len(wave) // frame
+    if n == 0:
+        return 0.0
+    rms = np.sqrt(np.square(wave[: n * frame].reshape(n, frame), dtype=np.float64).mean(1))
+    return float((rms >= max(0.05 * np.percentile(rms, 95), 10 ** (-50 / 20))).sum()) / 10
+
+
+# Read speech runs at 2-3 words per second of voice; a window well below these lost words.
+MIN_WORDS_PER_VOICED_SECOND = 0.3
+MIN_SHARE_OF_CLIP_RATE = 0.5
+MIN_VOICED_SECONDS = 5.0
+
+
+def warn_short_windows(clip: int, windows: list[np.ndarray], texts: list[str]) -> list[int]:
+    """Warn about each window whose transcript stops far short of its speech: far fewer words per
+    voiced second than the clip's other windows, or than any speech has. Returns their indices.
+    A model that ends its text early or skips a stretch (as low-bit models do on long audio) then
+    says so instead of silently dropping sentences."""
+    stats = [(len(t.split()), voiced_seconds(w)) for w, t in zip(windows, texts)]
+    rates = [n / v for n, v in stats if v >= MIN_VOICED_SECONDS]
+    typical = float(np.median(rates)) if len(rates) >= 2 else None
+    flagged, start = [], 0.0
+    for j, ((n, v), w) in enumerate(zip(stats, windows)):
+        end = start + len(w) / SAMPLE_RATE
+        if v >= MIN_VOICED_SECONDS and (n / v < MIN_WORDS_PER_VOICED_SECOND
+                                        or typical is not None and n / v < MIN_SHARE_OF_CLIP_RATE * typical):
+            flagged.append(j)
+            other = f" (the clip's windows have {typical:.1f})" if typical is not None else ""
+            warnings.warn(f"clip {clip}: the transcript of {start:.0f}-{end:.0f} s has {n} words for {v:.0f} s of "
+                          f"speech, {n / v:.2f} words/s{other}: the model may have stopped early or skipped speech",
+                          stacklevel=3)
+        start = end
+    return flagged
+
+
 class ModelAdapter:
     family: ClassVar[str]
     model_types: ClassVar[tuple[str, ...]]
@@ -94,9 +157,24 @@ class ModelAdapter:
         """(model, processor) from a local Hugging Face directory or a hub id."""
         from transformers import AutoProcessor
 
-        model = cls.model_class().from_pretrained(source, dtype=dtype or torch.float32)
+        from ..integrity import check_finite_model
+
+        # safetensors only: a pickled pytorch_model.bin can run code when it is read
+        try:
+            model, info = cls.model_class().from_pretrained(source, dtype=dtype or torch.float32, use_safetensors=True,
+                                                            output_loading_info=True)
+        except (OSError, EnvironmentError) as exc:
+            raise OSError(f"{source}: no safetensors weights could be read ({str(exc).splitlines()[0]}); quasr "
+                          f"does not unpickle pytorch_model.bin: convert it with safetensors first") from None
+        except RuntimeError as exc:  # e.g. a config whose sizes do not match the stored tensors
+            raise ValueError(f"{source}: the weights do not match the model's config: "
+                             f"{str(exc).strip().splitlines()[-1]}") from None
+        _check_loading_info(info, source)
+        check_finite_model(model, source)
         model.eval()
-        return model, AutoProcessor.from_pretrained(source)
+        processor = AutoProcessor.from_pretrained(source)
+        check_processor(model, processor, source)
+        return model, processor
 
     # -- audio -> text -----------------------------------------------------------------------
     @property
@@ -147,6 +225,8 @@ class ModelAdapter:
         out: list[list[str]] = [[] for _ in waves]
         for j, (i, _) in enumerate(pieces):
             out[i].append(results[j])
+        for i, texts in enumerate(out):
+            warn_short_windows(i, [p for k, p in pieces if k == i], texts)
         return [" ".join(t).strip() for t in out]
 
     # -- structure ---------------------------------------------------------------------------
