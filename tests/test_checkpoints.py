@@ -205,6 +205,18 @@ def test_hf_folder_missing_tensors_does_not_load(tmp_path):
         load_model(str(src))
 
 
+def test_hf_wav2vec2_folder_may_leave_out_what_only_training_uses(tmp_path):
+    src = _hf_folder(tmp_path, "wav2vec2")
+    state = load_file(str(src / "model.safetensors"))
+    del state["wav2vec2.masked_spec_embed"]  # as facebook/wav2vec2-base-960h does
+    save_file(state, str(src / "model.safetensors"), metadata={"format": "pt"})
+    load_model(str(src))
+    del state["lm_head.weight"]  # a pretraining-only checkpoint: no CTC head, nothing to transcribe with
+    save_file(state, str(src / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"missing \['lm_head.weight'\]"):
+        load_model(str(src))
+
+
 def test_hf_folder_with_a_foreign_tensor_or_a_wrong_config_does_not_load(tmp_path):
     src = _hf_folder(tmp_path)
     state = load_file(str(src / "model.safetensors"))
@@ -322,3 +334,6 @@ def test_a_window_whose_transcript_stops_short_is_reported():
         assert warn_short_windows(0, quiet, [""]) == []
     with pytest.warns(UserWarning, match="0-30 s has 2 words"):
         warn_short_windows(0, windows[:1], ["two words"])
+    looping = " ".join(["four"] * 400)  # 13 words a second: a decoder repeating itself
+    with pytest.warns(UserWarning, match="30-60 s has 400 words .* repeating itself"):
+        assert warn_short_windows(0, windows, [full, looping, looping]) == [1, 2]  # loops do not make `full` short

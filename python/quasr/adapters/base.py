@@ -62,7 +62,9 @@ def check_processor(model: nn.Module, processor, where: str) -> None:
                          f"into the folder")
 
 
-def _check_loading_info(info: dict, source: str) -> None:
+def _check_loading_info(info: dict, source: str, may_be_missing: tuple[str, ...] = ()) -> None:
+    info = dict(info, missing_keys=[k for k in info.get("missing_keys") or []
+                                    if not any(re.search(p, k) for p in may_be_missing)])
     problems = [f"{what} {sorted(info.get(key) or [])[:4]}" for key, what in
                 (("missing_keys", "missing"), ("unexpected_keys", "unexpected"), ("mismatched_keys", "wrong shape"))
                 if info.get(key)]
@@ -107,31 +109,43 @@ def voiced_seconds(wave: np.ndarray) -> float:
     return float((rms >= max(0.05 * np.percentile(rms, 95), 10 ** (-50 / 20))).sum()) / 10
 
 
-# Read speech runs at 2-3 words per second of voice; a window well below these lost words.
+# Read speech runs at 2-3 words per second of voice: a window well below that lost words, one far
+# above it repeats itself (a looping low-bit decoder), and a clip's typical rate is capped at what
+# speech holds so that looping windows do not make the honest ones look short.
 MIN_WORDS_PER_VOICED_SECOND = 0.3
+MAX_WORDS_PER_VOICED_SECOND = 6.0
+PLAUSIBLE_WORDS_PER_VOICED_SECOND = 4.0
 MIN_SHARE_OF_CLIP_RATE = 0.5
 MIN_VOICED_SECONDS = 5.0
 
 
 def warn_short_windows(clip: int, windows: list[np.ndarray], texts: list[str]) -> list[int]:
-    """Warn about each window whose transcript stops far short of its speech: far fewer words per
-    voiced second than the clip's other windows, or than any speech has. Returns their indices.
-    A model that ends its text early or skips a stretch (as low-bit models do on long audio) then
-    says so instead of silently dropping sentences."""
+    """Warn about each window whose transcript stops far short of its speech (far fewer words per
+    voiced second than the clip's other windows, or than any speech has) or runs far past it (more
+    words than speech holds). Returns their indices. A model that ends its text early, skips a
+    stretch or loops (as low-bit models do on long audio) then says so instead of silently
+    dropping or inventing sentences."""
     stats = [(len(t.split()), voiced_seconds(w)) for w, t in zip(windows, texts)]
     rates = [n / v for n, v in stats if v >= MIN_VOICED_SECONDS]
-    typical = float(np.median(rates)) if len(rates) >= 2 else None
+    typical = min(float(np.median(rates)), PLAUSIBLE_WORDS_PER_VOICED_SECOND) if len(rates) >= 2 else None
     flagged, start = [], 0.0
     for j, ((n, v), w) in enumerate(zip(stats, windows)):
         end = start + len(w) / SAMPLE_RATE
-        if v >= MIN_VOICED_SECONDS and (n / v < MIN_WORDS_PER_VOICED_SECOND
-                                        or typical is not None and n / v < MIN_SHARE_OF_CLIP_RATE * typical):
-            flagged.append(j)
-            other = f" (the clip's windows have {typical:.1f})" if typical is not None else ""
-            warnings.warn(f"clip {clip}: the transcript of {start:.0f}-{end:.0f} s has {n} words for {v:.0f} s of "
-                          f"speech, {n / v:.2f} words/s{other}: the model may have stopped early or skipped speech",
-                          stacklevel=3)
+        what = f"clip {clip}: the transcript of {start:.0f}-{end:.0f} s has {n} words for {v:.0f} s of speech"
         start = end
+        if v < MIN_VOICED_SECONDS:
+            continue
+        rate = n / v
+        if rate < MIN_WORDS_PER_VOICED_SECOND or typical is not None and rate < MIN_SHARE_OF_CLIP_RATE * typical:
+            other = f" (the clip's windows have {typical:.1f})" if typical is not None else ""
+            warnings.warn(f"{what}, {rate:.2f} words/s{other}: the model may have stopped early or skipped speech",
+                          stacklevel=3)
+        elif rate > MAX_WORDS_PER_VOICED_SECOND:
+            warnings.warn(f"{what}, {rate:.1f} words/s, more than speech holds: the model may be repeating itself",
+                          stacklevel=3)
+        else:
+            continue
+        flagged.append(j)
     return flagged
 
 
@@ -143,6 +157,8 @@ class ModelAdapter:
     block_patterns: ClassVar[tuple[tuple[str, str], ...]]
     window_seconds: ClassVar[float] = 30.0  # longer audio is split at pauses before transcription
     is_ctc: ClassVar[bool] = False
+    # regexes of parameters only training uses, which released checkpoints may leave out
+    unused_at_inference: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, model: nn.Module, processor):
         self.model, self.processor = model, processor
@@ -169,7 +185,7 @@ class ModelAdapter:
         except RuntimeError as exc:  # e.g. a config whose sizes do not match the stored tensors
             raise ValueError(f"{source}: the weights do not match the model's config: "
                              f"{str(exc).strip().splitlines()[-1]}") from None
-        _check_loading_info(info, source)
+        _check_loading_info(info, source, cls.unused_at_inference)
         check_finite_model(model, source)
         model.eval()
         processor = AutoProcessor.from_pretrained(source)

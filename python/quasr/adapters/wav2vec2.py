@@ -33,6 +33,8 @@ class Wav2Vec2Adapter(ModelAdapter):
     )
     window_seconds = 30.0  # attention memory grows with the square of the length
     is_ctc = True
+    # SpecAugment's learned mask vector: facebook/wav2vec2-base-960h and other CTC releases omit it
+    unused_at_inference = (r"(^|\.)masked_spec_embed$",)
 
     @classmethod
     def model_class(cls):
