@@ -1,4 +1,4 @@
-// Torch binding of the CPU kernel: the `quasr::qlinear` op (schema below), threaded with
+// Torch binding of the CPU kernels of the `quasr::qlinear`, `dequantize` and `rotate` ops, threaded with
 // at::parallel_for. Only the ATen headers this file needs (torch/extension.h costs ~45 s).
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -207,15 +207,10 @@ bool cpu_has_avx2() { return quasr::cpu_has_avx2_fma(); }
 
 }  // namespace
 
-TORCH_LIBRARY(quasr, m) {
-  m.def(
-      "qlinear(Tensor x, Tensor packed, Tensor scales, Tensor? zeros, Tensor? bias, int bits, int group_size, "
-      "int in_features, int kernel=0, Tensor? input_mul=None, int act_bits=0, bool act_symmetric=False, "
-      "float act_scale=0., float act_zero=0.) -> Tensor");
-  m.def("dequantize(Tensor packed, Tensor scales, Tensor? zeros, int bits, int group_size, int in_features) -> Tensor");
-  m.def("rotate(Tensor x, Tensor? signs, int[] orders, Tensor?[] dense, float scale, int kernel=0) -> Tensor");
-  m.def("cpu_has_avx2() -> bool", &cpu_has_avx2);
-}
+// The op schemas are declared in Python (quasr/kernels/schemas.py) so they exist whichever backend
+// is built; this library only registers their CPU kernels, and the CPU feature probe in its own
+// namespace.
+TORCH_LIBRARY(quasr_cpu, m) { m.def("has_avx2() -> bool", &cpu_has_avx2); }
 
 TORCH_LIBRARY_IMPL(quasr, CPU, m) {
   m.impl("qlinear", &qlinear_cpu);

@@ -363,7 +363,35 @@ def cmd_info(args) -> int:
     print(f"quasr {__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads; {native_status()}")
     print("families (HF model_type): " + ", ".join(f"{adapter_class(t).family} ({t})" for t in supported_model_types()))
     print("built-in models: " + ", ".join(f"{n} [{b.family}]" for n, b in sorted(BUILTIN.items())))
+    from .kernels import BACKENDS, machine_kind, table_path
+
+    print("backends: " + "; ".join(f"{b.name} ({'available' if b.available() else b.status()}: "
+                                   f"{', '.join(b.paths) or 'no paths'})" for b in BACKENDS.values()))
+    kind = machine_kind(args.device)
+    table = table_path(kind)
+    print(f"dispatch: machine kind {kind}, table {table if table.exists() else 'none (the default rule)'}")
+    if args.model:
+        _print_dispatch(args)
     return 0
+
+
+def _print_dispatch(args) -> None:
+    """For each packed layer of a model: its shape and the backend:path each M would run on."""
+    from .kernels import choose
+    from .models import load_model
+    from .nn import QuantConv1d, QuantLinear
+
+    model, _ = load_model(args.model, device=args.device)
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (QuantLinear, QuantConv1d))]
+    if not layers:
+        print(f"{args.model} has no quantized layers (quantize it first)")
+        return
+    print(f"{args.model}: {len(layers)} quantized layers")
+    for name, m in layers:
+        n = m.packed.shape[0]
+        picks = "  ".join(f"M={mm}: {choose(args.device, m.bits, m.group_size, mm, n, m.packed_in_features)}"
+                          for mm in args.m)
+        print(f"  {name}  {m.bits}-bit g{m.group_size} N={n} K={m.packed_in_features}  {picks}")
 
 
 def _add_device_arg(p) -> None:
@@ -474,7 +502,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run cells as Ray tasks on this cluster ('local' starts one here); needs quasr[ray]")
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("info", help="versions and which kernels are active")
+    p = sub.add_parser("info", help="versions, kernel backends, and what the dispatcher picks for a model's layers")
+    p.add_argument("model", nargs="?", default=None, help="a quantized model: list each layer's kernel choice")
+    p.add_argument("--m", type=_positive_int, nargs="+", default=[1, 1500],
+                   help="rows per call to show choices for (default 1 = a decoder step, 1500 = Whisper's encoder)")
+    _add_device_arg(p)
     p.set_defaults(func=cmd_info)
     return ap
 

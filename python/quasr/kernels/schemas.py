@@ -1,0 +1,41 @@
+"""The quasr ops, declared here whichever backend is built: schemas, fake (meta) implementations
+for tracing and torch.compile, and the plain-torch reference as the CompositeExplicitAutograd
+kernel, so `torch.ops.quasr.*` runs on any device. Backends register device kernels for these names
+(csrc/cpu/ops.cpp: TORCH_LIBRARY_IMPL(quasr, CPU)); a device kernel takes precedence over the
+reference on its device."""
+
+from __future__ import annotations
+
+import torch
+
+from . import reference
+
+_LIB = torch.library.Library("quasr", "DEF")
+_LIB.define("qlinear(Tensor x, Tensor packed, Tensor scales, Tensor? zeros, Tensor? bias, int bits, int group_size, "
+            "int in_features, int kernel=0, Tensor? input_mul=None, int act_bits=0, bool act_symmetric=False, "
+            "float act_scale=0., float act_zero=0.) -> Tensor")
+_LIB.define("dequantize(Tensor packed, Tensor scales, Tensor? zeros, int bits, int group_size, int in_features) "
+            "-> Tensor")
+_LIB.define("rotate(Tensor x, Tensor? signs, int[] orders, Tensor?[] dense, float scale, int kernel=0) -> Tensor")
+
+
+@torch.library.register_fake("quasr::qlinear")
+def _qlinear_fake(x, packed, scales, zeros, bias, bits, group_size, in_features, kernel=0, input_mul=None,
+                  act_bits=0, act_symmetric=False, act_scale=0.0, act_zero=0.0):
+    torch._check(x.shape[-1] == in_features)
+    return x.new_empty((*x.shape[:-1], packed.shape[0]))
+
+
+@torch.library.register_fake("quasr::rotate")
+def _rotate_fake(x, signs, orders, dense, scale, kernel=0):
+    return x.new_empty(x.shape, dtype=torch.float32)
+
+
+@torch.library.register_fake("quasr::dequantize")
+def _dequantize_fake(packed, scales, zeros, bits, group_size, in_features):
+    return packed.new_empty((packed.shape[0], in_features), dtype=torch.float32)
+
+
+_LIB.impl("qlinear", reference.qlinear_op, "CompositeExplicitAutograd")
+_LIB.impl("dequantize", reference.dequantize_op, "CompositeExplicitAutograd")
+_LIB.impl("rotate", reference.rotate_op, "CompositeExplicitAutograd")
