@@ -33,13 +33,20 @@ M_GRID = [1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 512, 1500]
 BITS = [2, 3, 4, 5, 6, 7, 8]
 
 
+def candidate_paths(backend) -> tuple[str, ...]:
+    """The paths worth timing: the portable scalar path only where it is the only one (it is the
+    fallback, never the fastest, and slow to time at large M)."""
+    fast = tuple(p for p in backend.paths if p != "scalar")
+    return fast or backend.paths
+
+
 def measure(bits: int, m: int, shapes, budget: float) -> dict[str, float]:
     """Seconds per call, summed over the shapes, of every (backend:path) that is not the reference."""
     out = {}
     for name, backend in BACKENDS.items():
         if name == "reference" or not backend.available():
             continue
-        for path in backend.paths:
+        for path in candidate_paths(backend):
             total = 0.0
             for k, n in shapes:
                 pw = packed_weight(n, k, bits)
@@ -48,6 +55,37 @@ def measure(bits: int, m: int, shapes, budget: float) -> dict[str, float]:
                     total += timeit(lambda: qlinear(x, pw), budget=budget)
             out[f"{name}:{path}"] = total
     return out
+
+
+SWITCH_MARGIN = 0.10  # another path must be this much faster than the current one to take over
+
+
+def pick_winners(times: dict[int, dict[int, dict[str, float]]]) -> dict[int, dict[int, str]]:
+    """Per width, walking up the Ms: keep the previous M's path unless another is SWITCH_MARGIN
+    faster. Timings near a crossover are noise; without this the table flips paths M by M."""
+    winners: dict[int, dict[int, str]] = {}
+    for bits, by_m in times.items():
+        current = None
+        for m in sorted(by_m):
+            t = by_m[m]
+            best = min(t, key=t.get)
+            if current is None or current not in t or t[best] < (1 - SWITCH_MARGIN) * t[current]:
+                current = best
+            winners.setdefault(bits, {})[m] = current
+    return winners
+
+
+def read_log(path: str) -> dict[int, dict[int, dict[str, float]]]:
+    """The timings a previous run printed (its markdown table), to derive rules again without timing."""
+    lines = [ln for ln in open(path).read().splitlines() if ln.startswith("| ")]
+    header = [h.strip() for h in lines[0].strip("|").split("|")]
+    times: dict[int, dict[int, dict[str, float]]] = {}
+    for ln in lines[1:]:
+        cells = [c.strip() for c in ln.strip("|").split("|")]
+        if not cells[0].isdigit():
+            continue
+        times.setdefault(int(cells[0]), {})[int(cells[1])] = {h: float(v) * 1e-6 for h, v in zip(header[2:-1], cells[2:-1])}
+    return times
 
 
 def rules_from(winners: dict[int, dict[int, str]]) -> list[dict]:
@@ -70,6 +108,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer Ms and shapes, shorter timings (a smoke run)")
     ap.add_argument("--dry-run", action="store_true", help="print the table, do not write it")
+    ap.add_argument("--from-log", default=None, metavar="FILE",
+                    help="derive the rules from the timings a previous run printed instead of timing again")
     args = ap.parse_args()
     grid = [1, 4, 16, 128, 1500] if args.quick else M_GRID
     shapes = SHAPES[:2] if args.quick else SHAPES
@@ -78,22 +118,24 @@ def main() -> None:
     print(f"# {platform.processor() or platform.machine()}; {native_status()}; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; machine kind {kind}\n")
     print("µs per call, summed over the shapes\n")
-    print("| bits | M | " + " | ".join(f"{b}:{p}" for b, be in BACKENDS.items() if b != "reference" and be.available()
-                                      for p in be.paths) + " | winner |")
-    n_paths = sum(len(be.paths) for b, be in BACKENDS.items() if b != "reference" and be.available())
+    timed = [f"{b}:{p}" for b, be in BACKENDS.items() if b != "reference" and be.available() for p in candidate_paths(be)]
+    print("| bits | M | " + " | ".join(timed) + " | winner |")
+    n_paths = len(timed)
     print("|---|---|" + "---:|" * n_paths + "---|")
-    winners: dict[int, dict[int, str]] = {}
-    for bits in BITS:
+    times: dict[int, dict[int, dict[str, float]]] = read_log(args.from_log) if args.from_log else {}
+    for bits in BITS if not args.from_log else []:
         for m in grid:
             t = measure(bits, m, shapes, budget)
-            best = min(t, key=t.get)
-            winners.setdefault(bits, {})[m] = best
-            print(f"| {bits} | {m} | " + " | ".join(f"{v * 1e6:.0f}" for v in t.values()) + f" | {best} |", flush=True)
+            times.setdefault(bits, {})[m] = t
+            print(f"| {bits} | {m} | " + " | ".join(f"{v * 1e6:.0f}" for v in t.values()) + f" | {min(t, key=t.get)} |",
+                  flush=True)
+    winners = pick_winners(times)
     from quasr.evaluate import machine_description
 
     doc = {"machine": machine_description("cpu"), "kind": kind, "torch": torch.__version__,
            "threads": torch.get_num_threads(), "command": " ".join(["python bench/dispatch_table.py", *sys.argv[1:]]),
-           "date": datetime.date.today().isoformat(), "shapes_k_n": shapes, "m_grid": grid}
+           "date": datetime.date.today().isoformat(), "shapes_k_n": shapes,
+           "m_grid": sorted({m for by_m in times.values() for m in by_m}), "switch_margin": SWITCH_MARGIN}
     rules = rules_from(winners)
     # one rule a line: the table is read by people as well as by the dispatcher
     text = (json.dumps(doc, indent=1)[:-2] + ',\n "rules": [\n  ' + ",\n  ".join(json.dumps(r) for r in rules)
