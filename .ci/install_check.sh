@@ -121,7 +121,9 @@ tok = Wav2Vec2CTCTokenizer(str(out / "vocab.json"), unk_token="<unk>", pad_token
 Wav2Vec2Processor(feature_extractor=Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000),
                   tokenizer=tok).save_pretrained(out)
 EOF
-clip="$(find "$SPEECH/prompts/audio" -name '*.flac' | sort | head -n 1)"
+clips=("$SPEECH"/prompts/audio/*.flac)  # a glob, sorted: `find | sort | head` dies of SIGPIPE under pipefail
+clip="${clips[0]}"
+[ -f "$clip" ] || fail "no .flac clip in $SPEECH/prompts/audio"
 "$TMP/venv/bin/quasr" quantize "$TMP/w2v" --bits 4 --group-size 32 --out "$TMP/w2v-q" >"$TMP/w2v.log" 2>&1 \
     || { tail -n 20 "$TMP/w2v.log" >&2; fail "quasr quantize of the wav2vec2 folder failed"; }
 "$TMP/venv/bin/quasr" transcribe "$TMP/w2v-q" "$clip" --json >"$TMP/w2v.json" 2>>"$TMP/w2v.log" \
