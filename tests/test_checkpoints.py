@@ -260,6 +260,17 @@ def test_swap_refuses_nan_biases_and_norms(where):
         swap(model, uniform_plan(model, 4, 32), progress=False)
 
 
+def test_methods_refuse_a_nan_norm_once_before_the_first_block():
+    from quasr.adapters import get_adapter
+    from quasr.methods import quantize
+
+    model, processor = tiny_family("whisper")
+    with torch.no_grad():
+        model.get_parameter("model.decoder.layer_norm.weight")[0] = float("nan")
+    with pytest.raises(ValueError, match="quantize: NaN or infinite values in 1 tensor.*model.decoder.layer_norm"):
+        quantize(get_adapter(model, processor), uniform_plan(model, 4, 32), None, "rtn", progress=False)
+
+
 def test_group_wider_than_a_layer_is_per_channel():
     assert resolve_group_size(4096, 384) == (384, 384)
     assert resolve_group_size(1024, 80) == (96, 96)

@@ -133,3 +133,8 @@ def test_quasr_info_names_backends_and_choices(capsys, tmp_path):
     out = capsys.readouterr().out
     assert "backends: cpu (available: " in out and "reference (available: dequant-matmul)" in out
     assert "model.encoder.layers.0.fc1" in out and "M=1500" in out
+
+
+def test_reference_rotation_names_a_factor_it_cannot_build():
+    with pytest.raises(ValueError, match="no Hadamard matrix of that order"):
+        reference.rotate(torch.randn(2, 6), None, [6], [None], 1.0)

@@ -12,12 +12,11 @@ dispatcher choose).
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from .format import PackedWeight
 from .kernels import BACKENDS, choose, forced
+from .kernels.dispatch import env_override
 from .kernels.reference import ActQuant  # noqa: F401  (part of this module's API)
 from .kernels.reference import input_transform as reference_input_transform  # noqa: F401
 from .kernels.reference import qlinear as reference_qlinear  # noqa: F401
@@ -29,7 +28,7 @@ NATIVE_CPU = BACKENDS["cpu"].available()
 def use_native() -> bool:
     """Native CPU kernels unless QUASR_REFERENCE=1 or QUASR_KERNEL=reference (debugging), or the
     extension is missing."""
-    return NATIVE_CPU and os.environ.get("QUASR_REFERENCE", "0") != "1" and os.environ.get("QUASR_KERNEL") != "reference"
+    return NATIVE_CPU and env_override() != "reference"
 
 
 def qlinear(

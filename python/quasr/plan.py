@@ -193,18 +193,20 @@ def transformed_weight(weight_2d: torch.Tensor, transform: LayerTransform | None
 
 def swap(model: nn.Module, plan: dict, quantizer: Quantizer | None = None,
          weights: dict[str, PackedWeight] | None = None, progress: bool = True,
-         transforms: dict[str, LayerTransform] | None = None) -> nn.Module:
+         transforms: dict[str, LayerTransform] | None = None, check_finite: bool = True) -> nn.Module:
     """Replace the plan's layers with packed modules, in place; returns the model.
 
     Packed weights come from `weights[name]` when given (a PTQ method's output, already of the
     transformed weight), else from `quantizer(name, transformed weight, spec)` (default: RTN with MSE
     clipping). `transforms[name]` gives a layer's rotation/smoothing/static activation range; a spec
     with "rotate" and no transform gets a randomised Hadamard rotation fixed by the layer's name.
-    An nn.Embedding tied to a quantized Linear (Whisper's decoder.embed_tokens <-> proj_out) becomes
+    `check_finite` scans every tensor of the model for NaN/inf first (a caller swapping block by
+    block checks once, before the first block). An nn.Embedding tied to a quantized Linear (Whisper's decoder.embed_tokens <-> proj_out) becomes
     a QuantTiedEmbedding reading the same packed rows, so the shared table is stored once.
     """
     specs = validate_plan(model, plan)
-    check_finite_model(model, "swap")  # a NaN bias or norm would ship as silently as a NaN weight
+    if check_finite:  # a NaN bias or norm would ship as silently as a NaN weight
+        check_finite_model(model, "swap")
     quantizer = quantizer or rtn_quantizer()
     transforms = dict(transforms or {})
     layers = quantizable_layers(model)

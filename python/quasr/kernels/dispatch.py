@@ -108,12 +108,16 @@ def forced(backend: str, path: str | None = None):
 def choose(device: torch.device | str, bits: int, group_size: int, m: int, n: int, k: int) -> Choice:
     dev = torch.device(device).type
     override = _FORCED.get()
-    source = "forced"
-    if override is None:
-        override, source = os.environ.get(ENV) or None, "env"
-        if os.environ.get("QUASR_REFERENCE", "0") == "1":  # the older debugging switch
-            override, source = "reference", "env"
-    return _choose(dev, bits, group_size, m, n, k, override, source)
+    if override is not None:
+        return _choose(dev, bits, group_size, m, n, k, override, "forced")
+    return _choose(dev, bits, group_size, m, n, k, env_override(), "env")
+
+
+def env_override() -> str | None:
+    """The backend (or BACKEND:PATH) the environment asks for, or None."""
+    if os.environ.get("QUASR_REFERENCE", "0") == "1":  # the older debugging switch
+        return "reference"
+    return os.environ.get(ENV) or None
 
 
 @functools.lru_cache(maxsize=8192)

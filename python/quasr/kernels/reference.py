@@ -70,9 +70,10 @@ def rotate(x: torch.Tensor, signs: torch.Tensor | None, orders: list[int], dense
     lead = y.shape[:-1]
     y = y.reshape(*lead, *orders)
     for axis, (order, mat) in enumerate(zip(orders, dense)):
-        f = (hadamard(order) if mat is None else mat).to(y.device, torch.float32)
+        f = hadamard(order) if mat is None else mat
         if f is None or tuple(f.shape) != (order, order):
-            raise ValueError(f"rotation factor {axis} must be [{order}, {order}]")
+            raise ValueError(f"rotation factor {axis} must be [{order}, {order}] (no Hadamard matrix of that order)")
+        f = f.to(y.device, torch.float32)
         y = torch.movedim(torch.tensordot(y, f, dims=([len(lead) + axis], [0])), -1, len(lead) + axis)
     return (y.reshape(*lead, k) * scale).contiguous()
 

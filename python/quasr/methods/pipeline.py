@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from ..adapters.base import CalibrationBatch, ModelAdapter
 from ..format import PackedWeight
+from ..integrity import check_finite_model
 from ..ops import ActQuant
 from ..plan import (KEEP, LayerTransform, _tied_embeddings, flat_weight, is_grouped_conv, quantizable_layers, swap,
                     transform_bytes, validate_plan)
@@ -436,6 +437,7 @@ def quantize_model(adapter: ModelAdapter, plan: dict, method: Method, batches: l
     the same either way."""
     model = adapter.model
     specs = validate_plan(model, plan)
+    check_finite_model(model, "quantize")  # once here; the per-block swaps skip it
     if method.needs_calibration and not batches:
         raise ValueError(f"{method.name} needs calibration audio (a few clips of the user's speech: --calib)")
     if any(s != KEEP and s.get("act_granularity") == "tensor" for s in specs.values()) and not batches:
@@ -513,4 +515,4 @@ def _quantize_block(adapter, block, final, method, batches, tied, cache) -> None
                                               (rot.left, rot.right) if rot is not None and rot.learned else None,
                                               res.input_shift)
     swap(model, {"layers": {j.name: j.spec for j in jobs}}, weights={n: r.weight for n, r in results.items()},
-         transforms=transforms, progress=False)
+         transforms=transforms, progress=False, check_finite=False)
