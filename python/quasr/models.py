@@ -132,11 +132,13 @@ def load_model(name_or_path: str, dtype=None, device: str | None = None):
 
     `name_or_path`: a built-in name ({names}), a local Hugging Face model directory, a directory
     written by `quasr quantize`, or a hub id (needs network access). Calibration and quantization run
-    on that device; on a GPU, packed layers run the plain-torch reference kernel.
+    on that device; packed layers run on the kernels the dispatcher picks there (kernels/dispatch.py).
     """
+    from .nn import prepare_runtime
+
     dev = resolve_device(device)
     model, processor = _load_model(name_or_path, dtype)
-    return model.to(dev), processor
+    return prepare_runtime(model.to(dev)), processor
 
 
 def _load_model(name_or_path: str, dtype=None):

@@ -13,6 +13,41 @@ from .format import PackedWeight, resolve_group_size
 ACT_KEYS = ("act_bits", "act_granularity", "act_symmetric")
 
 
+class RuntimeCache:
+    """What a packed module derives from its buffers to run, held outside its state (never saved,
+    never counted in the size): each repacking backend's runtime layout of the weight (one per
+    grouped-conv slot), the static activation range as host floats, and the online rotation with its
+    factors on the layer's device. Entries are tied to the buffer objects they came from: moving the
+    module (`.to`) makes new buffers and so new entries on first use (or at `prepare_runtime`), and
+    loading a state dict (which copies into the same buffers) clears them."""
+
+    def __init__(self):
+        self.entries: dict = {}
+
+    def get(self, key, anchor: tuple, make):
+        hit = self.entries.get(key)
+        if hit is not None and len(hit[0]) == len(anchor) and all(a is b for a, b in zip(hit[0], anchor)):
+            return hit[1]
+        value = make()
+        self.entries[key] = (anchor, value)
+        return value
+
+    def clear(self) -> None:
+        self.entries.clear()
+
+    def layout_bytes(self) -> int:
+        """Bytes of the runtime layouts held (for `quasr info`; not part of the model size)."""
+        total = 0
+        for key, (_, value) in self.entries.items():
+            if key[0] == "layout" and value is not None:
+                total += sum(t.numel() * t.element_size() for t in vars(value).values() if isinstance(t, torch.Tensor))
+        return total
+
+
+def _clear_runtime(module, incompatible_keys) -> None:
+    module._runtime.clear()
+
+
 class _Packed(nn.Module):
     """Buffers of one packed [out, in] weight (+ optional float32 bias), and the optional transforms
     of its input, in the order they run: an online rotation (`rotation_signs`, plus
@@ -47,7 +82,8 @@ class _Packed(nn.Module):
         self.register_buffer("input_mul", None)
         self.register_buffer("act_qparams", None)
         self.act_bits, self.act_granularity, self.act_symmetric = 0, "token", False
-        self._rotation = None
+        self._runtime = RuntimeCache()
+        self.register_load_state_dict_post_hook(_clear_runtime)
 
     def set_transforms(self, rotate: bool | str = False, smooth: bool = False, act: dict | None = None,
                        device=None, shift: bool = False) -> None:
@@ -84,26 +120,64 @@ class _Packed(nn.Module):
             return None
         if self.act_qparams is None:
             return ops.ActQuant(self.act_bits, self.act_symmetric)
+        # the range is read to the host once per buffer (a device sync on a GPU), not once per call
+        return self._runtime.get(("act",), (self.act_qparams,), self._static_act_quant)
+
+    def _static_act_quant(self) -> ops.ActQuant:
         scale, zero = self.act_qparams.tolist()
         if scale <= 0:
             raise RuntimeError("static activation ranges were never calibrated for this layer (act_qparams is zero)")
-        return ops.ActQuant(self.act_bits, self.act_symmetric, scale, zero)
+        return ops.ActQuant(self.act_bits, self.act_symmetric, scale, zero, qparams=self.act_qparams)
 
-    def rotate_input(self, x: torch.Tensor) -> torch.Tensor:
+    def rotation(self):
+        """The layer's online rotation (rotation.Rotation), or None."""
         if self.rotation_signs is None:
-            return x
+            return None
         from .rotation import Rotation
 
-        r = self._rotation
-        if r is None or r.signs is not self.rotation_signs or r.left is not self.rotation_left or r.right is not self.rotation_right:
-            self._rotation = Rotation(self.rotation_signs, self.rotation_left, self.rotation_right)
-        return self._rotation.apply(x).to(x.dtype)
+        anchor = (self.rotation_signs, self.rotation_left, self.rotation_right)
+        return self._runtime.get(("rotation",), anchor, lambda: Rotation(*anchor))
 
-    def _linear(self, x: torch.Tensor, pw: PackedWeight, bias) -> torch.Tensor:
+    def rotate_input(self, x: torch.Tensor) -> torch.Tensor:
+        r = self.rotation()
+        return x if r is None else r.apply(x).to(x.dtype)
+
+    def _layouts(self, slot: int):
+        """ops.qlinear's `layout_for`: a backend's runtime layout of this layer's weight (slot: the
+        group of a grouped convolution), made on first use per buffer set and backend."""
+        anchor = (self.packed, self.scales, self.zeros)
+
+        def layout_for(backend, pw):
+            return self._runtime.get(("layout", backend.name, slot), anchor, lambda: backend.repack(pw))
+
+        return layout_for
+
+    def _linear(self, x: torch.Tensor, pw: PackedWeight, bias, slot: int = 0) -> torch.Tensor:
         x = self.rotate_input(x)
         if self.input_shift is not None:
             x = x - self.input_shift.to(x.dtype)
-        return ops.qlinear(x, pw, bias, input_mul=self.input_mul, act=self.act_quant())
+        return ops.qlinear(x, pw, bias, input_mul=self.input_mul, act=self.act_quant(), layout_for=self._layouts(slot))
+
+    def prepare_runtime(self) -> None:
+        """Make now what the first call would: the static range, the rotation with its factors on
+        this device, and the runtime layout of every available backend that repacks for this device
+        (called after swap, load and `quasr.nn.prepare_runtime(model)`)."""
+        from .kernels import BACKENDS
+
+        try:
+            self.act_quant()
+        except RuntimeError:  # not calibrated yet: the first call says so
+            pass
+        rot = self.rotation()
+        dev = self.packed.device
+        if rot is not None:
+            rot.device_factors(dev)
+        for backend in BACKENDS.values():
+            if backend.repacks() and backend.available() and dev.type in backend.devices:
+                groups = getattr(self, "groups", 1)
+                for g in range(groups):
+                    pw = self._group_weight(g) if groups > 1 else self.packed_weight()
+                    self._layouts(g)(backend, pw)
 
     def packed_weight(self) -> PackedWeight:
         return PackedWeight(self.packed, self.scales, self.zeros, self.bits, self.group_size, self.packed_in_features)
@@ -215,7 +289,7 @@ class QuantConv1d(_Packed):
             cols = xg.unfold(2, k, s)  # [B, Cin/groups, T_out, k]
             b, cin, t, _ = cols.shape
             cols = cols.permute(0, 2, 1, 3).reshape(b, t, cin * k)
-            outs.append(self._linear(cols, self._group_weight(g), self.bias if self.groups == 1 else None))
+            outs.append(self._linear(cols, self._group_weight(g), self.bias if self.groups == 1 else None, slot=g))
         y = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
         if self.bias is not None and self.groups > 1:
             y = y + self.bias.to(y.dtype)
@@ -250,3 +324,14 @@ class QuantTiedEmbedding(nn.Module):
                           src.bits, src.group_size, src.packed_in_features)
         out = ops.dequantize_weight(pw).view(*ids.shape, self.embedding_dim)
         return out * self.embed_scale if self.embed_scale not in (None, 1.0) else out
+
+
+def prepare_runtime(model: nn.Module) -> nn.Module:
+    """Build every packed layer's runtime state for the device it is on now (after `model.to(...)`):
+    backend layouts, rotation factors on the device, static ranges on the host. Optional (the first
+    call builds what is missing) but keeps that work, and its one device sync per static range, out
+    of the first decoding step."""
+    for module in model.modules():
+        if isinstance(module, _Packed):
+            module.prepare_runtime()
+    return model

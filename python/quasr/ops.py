@@ -1,4 +1,4 @@
-"""The entry points packed modules call: `qlinear` and `dequantize_weight`, each sent by the kernel
+"""The entry points packed modules call: `qlinear`, `dequantize_weight` and `rotate`, each sent by the kernel
 dispatcher (kernels/dispatch.py) to a backend (kernels/registry.py) for the call's device and shape.
 
 `quasr::qlinear(x, packed, scales, zeros, bias, bits, group_size, in_features, kernel=0, ...)`
@@ -16,7 +16,7 @@ import torch
 
 from .format import PackedWeight
 from .kernels import BACKENDS, choose, forced
-from .kernels.dispatch import env_override
+from .kernels.dispatch import backend_for, env_override
 from .kernels.reference import ActQuant  # noqa: F401  (part of this module's API)
 from .kernels.reference import input_transform as reference_input_transform  # noqa: F401
 from .kernels.reference import qlinear as reference_qlinear  # noqa: F401
@@ -33,10 +33,13 @@ def use_native() -> bool:
 
 def qlinear(
     x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None = None, kernel: str = "auto",
-    input_mul: torch.Tensor | None = None, act: ActQuant | None = None,
+    input_mul: torch.Tensor | None = None, act: ActQuant | None = None, layout_for=None,
 ) -> torch.Tensor:
     """y = fq(x * input_mul) @ dequant(W).T + bias, fq the activation fake-quant `act` (both optional,
-    fused into the kernel's copy of x), on the backend and path the dispatcher picks."""
+    fused into the kernel's copy of x), on the backend and path the dispatcher picks.
+
+    `layout_for(backend, pw)` returns that backend's cached runtime layout of `pw` (packed modules
+    pass their RuntimeCache); without it a repacking backend repacks for this call only."""
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {sorted(KERNELS)}, got {kernel!r}")
     if x.shape[-1] != pw.in_features:
@@ -46,16 +49,23 @@ def qlinear(
             raise RuntimeError(f"kernel={kernel!r} needs the native CPU kernels: {native_status()} "
                                f"(or QUASR_REFERENCE=1 / QUASR_KERNEL=reference is set)")
         with forced("cpu", kernel):
-            return qlinear(x, pw, bias, "auto", input_mul, act)
+            return qlinear(x, pw, bias, "auto", input_mul, act, layout_for)
     m = x.numel() // max(x.shape[-1], 1)
     choice = choose(x.device, pw.bits, pw.group_size, m, pw.packed.shape[0], pw.in_features)
-    return BACKENDS[choice.backend].qlinear(x, pw, bias, input_mul, act, choice.path)
+    backend = BACKENDS[choice.backend]
+    layout = layout_for(backend, pw) if layout_for is not None and backend.repacks() else None
+    return backend.qlinear(x, pw, bias, input_mul, act, choice.path, layout)
 
 
 def dequantize_weight(pw: PackedWeight) -> torch.Tensor:
-    """Dense float32 [N, in_features] weight: native when available, else the reference."""
-    backend = BACKENDS["cpu"] if pw.packed.device.type == "cpu" and use_native() else BACKENDS["reference"]
-    return backend.dequantize(pw)
+    """Dense float32 [N, in_features] weight, on the backend the dispatcher picks for its device."""
+    return BACKENDS[backend_for("dequantize", pw.packed.device)].dequantize(pw)
+
+
+def rotate(x: torch.Tensor, signs: torch.Tensor | None, orders: list[int], dense: list, scale: float) -> torch.Tensor:
+    """(x * signs) (F_0 kron F_1 ...) * scale along the last dim (float32), on the backend the
+    dispatcher picks for x's device; `dense` factors must already be on that device."""
+    return BACKENDS[backend_for("rotate", x.device)].rotate(x, signs, orders, dense, scale)
 
 
 def native_status() -> str:

@@ -231,6 +231,7 @@ def swap(model: nn.Module, plan: dict, quantizer: Quantizer | None = None,
             w = transformed_weight(flat_weight(module).detach().float(), replace(tr, input_mul=None))
             new.bias = new.bias + (w @ tr.input_shift.to(w.device, torch.float32)).cpu()
         _install(model, name, new.to(module.weight.device), tied.get(name, []))
+        new.prepare_runtime()
     return model
 
 

@@ -138,6 +138,7 @@ class Rotation:
                              f"got {list(left.shape)} and {list(right.shape)}")
         self.left, self.right = left, right
         self._native = None  # native_factors(), built on first use
+        self._on_device: dict = {}  # device -> native_factors() with the dense factors moved there, once
 
     @property
     def learned(self) -> bool:
@@ -172,13 +173,24 @@ class Rotation:
                 self._native = (orders or [1], dense or [None], 1.0 / math.sqrt(self.k))
         return self._native
 
-    def apply(self, x: torch.Tensor) -> torch.Tensor:
-        """x [..., k] -> x M (float32): the native kernel on CPU at inference, else the plain-torch
-        reference (kron_apply), which is also what gradients flow through (SpinQuant training)."""
-        if x.device.type == "cpu" and ops.use_native() and not (torch.is_grad_enabled() and self._needs_grad(x)):
+    def device_factors(self, device) -> tuple[torch.Tensor, list[int], list[torch.Tensor | None], float]:
+        """(signs, orders, dense, scale) of native_factors() with the signs and dense factors on
+        `device`: moved once per device, not per call."""
+        device = torch.device(device)
+        hit = self._on_device.get(device)
+        if hit is None:
             orders, dense, scale = self.native_factors()
-            return torch.ops.quasr.rotate(x, self.signs, orders, dense, scale)
-        return self.reference_apply(x)
+            hit = (self.signs.to(device), orders, [None if d is None else d.to(device) for d in dense], scale)
+            self._on_device[device] = hit
+        return hit
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """x [..., k] -> x M (float32): the dispatcher's rotation kernel at inference (native CPU,
+        Triton on CUDA, else the reference op), and the plain-torch reference (kron_apply) where
+        gradients must flow (SpinQuant training)."""
+        if torch.is_grad_enabled() and self._needs_grad(x):
+            return self.reference_apply(x)
+        return ops.rotate(x, *self.device_factors(x.device))
 
     def _needs_grad(self, x: torch.Tensor) -> bool:
         return x.requires_grad or (self.learned and (self.left.requires_grad or self.right.requires_grad))

@@ -6,7 +6,9 @@ the QUASR_KERNEL environment variable (`BACKEND` or `BACKEND:PATH`, e.g. `cpu:ge
 the measured table of this machine kind (tables/<kind>.json, written by bench/dispatch_table.py:
 the first rule that matches the call and names an available backend); and a default rule where no
 table exists (on the CPU: GEMV for M <= 4, the packed GEMM below M = 128, dequantized tiles + BLAS
-above). Choices are cached per call shape: dispatch costs a dictionary lookup per layer call.
+above; on CUDA, Triton's GEMV/split-K for M <= 16 and its tl.dot GEMM above). The other ops
+(dequantize, rotate) go to `backend_for(op, device)`: the overriding backend, else the first
+available in registry order. Choices are cached per call shape: dispatch costs a dictionary lookup per layer call.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ _FORCED: contextvars.ContextVar[str | None] = contextvars.ContextVar("quasr_forc
 
 # Default CPU rule (what csrc/cpu chose by itself before the seam; bench/RESULTS.md measures it).
 GEMV_MAX_M, BLAS_MIN_M = 4, 128
+# Default Triton rule until a cuda-sm<cap> table is measured (bench/dispatch_table.py on the GPU).
+TRITON_GEMV_MAX_M = 16
 
 
 @dataclass(frozen=True)
@@ -144,4 +148,27 @@ def _default_path(backend: str, m: int) -> str:
     paths = BACKENDS[backend].paths
     if backend == "cpu" and "gemv" in paths:
         return "gemv" if m <= GEMV_MAX_M else "gemm" if m < BLAS_MIN_M else "blas"
+    if backend == "triton":  # GemLite's split: GEMV/split-K for decoder steps, tl.dot tiles beyond
+        return "gemv" if m <= TRITON_GEMV_MAX_M else "gemm"
     return paths[0]
+
+
+@torch.compiler.assume_constant_result
+def backend_for(op: str, device: torch.device | str) -> str:
+    """The backend that runs `op` ("dequantize", "rotate") on `device`: the forced or QUASR_KERNEL
+    backend when one is set and can, else the first available in registry order."""
+    override = _FORCED.get()
+    return _backend_for(op, torch.device(device).type, override if override is not None else env_override())
+
+
+@functools.lru_cache(maxsize=256)
+def _backend_for(op: str, dev: str, override: str | None) -> str:
+    if override and override != "auto":
+        name, _ = _parse_override(override, "forced()/" + ENV)
+        backend = BACKENDS[name]
+        if dev in backend.devices and op in backend.ops():
+            return name
+    for backend in BACKENDS.values():
+        if backend.available() and dev in backend.devices and op in backend.ops():
+            return backend.name
+    raise ValueError(f"no kernel backend can run {op} on {dev}")

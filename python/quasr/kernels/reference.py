@@ -5,7 +5,8 @@ device, any shape)."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, field
 
 import torch
 
@@ -15,12 +16,15 @@ from ..format import PackedWeight, check_bits, dequantize
 @dataclass(frozen=True)
 class ActQuant:
     """Fake-quant of a layer's input activations: per-token dynamic ranges (scale <= 0) or one static
-    per-tensor range (scale, zero) calibrated beforehand. Symmetric uses the signed grid."""
+    per-tensor range (scale, zero) calibrated beforehand. Symmetric uses the signed grid. `qparams`
+    is the same (scale, zero) as a float32 [2] tensor on the layer's device, for kernels that read
+    it there (no host value to copy per call)."""
 
     bits: int
     symmetric: bool = False
     scale: float = 0.0
     zero: float = 0.0
+    qparams: torch.Tensor | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
         check_bits(self.bits)
@@ -59,8 +63,6 @@ def rotate(x: torch.Tensor, signs: torch.Tensor | None, orders: list[int], dense
            scale: float) -> torch.Tensor:
     """(x * signs) (F_0 kron F_1 kron ...) * scale along the last dim, F_i the Sylvester Hadamard
     matrix of order orders[i] (dense[i] None) or dense[i]: one contraction per factor."""
-    from ..rotation import hadamard
-
     k = x.shape[-1]
     if math.prod(orders) != k or len(orders) != len(dense):
         raise ValueError(f"rotation factors {orders} do not multiply to the width {k}")
@@ -70,12 +72,21 @@ def rotate(x: torch.Tensor, signs: torch.Tensor | None, orders: list[int], dense
     lead = y.shape[:-1]
     y = y.reshape(*lead, *orders)
     for axis, (order, mat) in enumerate(zip(orders, dense)):
-        f = hadamard(order) if mat is None else mat
+        f = _hadamard_on(order, y.device) if mat is None else mat
         if f is None or tuple(f.shape) != (order, order):
             raise ValueError(f"rotation factor {axis} must be [{order}, {order}] (no Hadamard matrix of that order)")
-        f = f.to(y.device, torch.float32)
+        f = f.to(y.device, torch.float32)  # a no-op for factors already there (the callers cache them per device)
         y = torch.movedim(torch.tensordot(y, f, dims=([len(lead) + axis], [0])), -1, len(lead) + axis)
     return (y.reshape(*lead, k) * scale).contiguous()
+
+
+@functools.lru_cache(maxsize=64)
+def _hadamard_on(order: int, device: torch.device) -> torch.Tensor | None:
+    """hadamard(order) as float32 on `device`, made once per device (not copied per call)."""
+    from ..rotation import hadamard
+
+    h = hadamard(order)
+    return None if h is None else h.to(device, torch.float32)
 
 
 # -- the ops' signatures (registered as their CompositeExplicitAutograd kernels in schemas.py) ------
