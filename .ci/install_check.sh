@@ -72,7 +72,7 @@ step "checking the installed package"
 "$VPY" - <<'EOF' || fail "the installed quasr is incomplete (see above)"
 import importlib.util, sys
 import quasr, quasr._C  # noqa: F401  (the native extension was built)
-from quasr.moonshine_ort import bundled_tokenizer
+from quasr.readers.moonshine_ort import bundled_tokenizer
 if importlib.util.find_spec("moonshine_onnx") is not None:
     sys.exit("moonshine_onnx is installed in the fresh venv: this check would not prove quasr[models] is enough")
 print(f"  quasr from {quasr.__file__}; Moonshine tokenizer {bundled_tokenizer()} (sha256 ok)")

@@ -7,12 +7,12 @@
 import torch
 from heldout_batches import tiny_heldout
 from quasr.format import dequantize
-from quasr.gptq import gptq_quantize
+from quasr.grid import fake_quant_tokens
 from quasr.methods import get_method
+from quasr.methods.gptq import gptq_quantize
 from quasr.methods.pipeline import capture_block_inputs, LayerJob
-from quasr.methods.weight_only import rtn_layer
+from quasr.methods.rtn import rtn_layer
 from quasr.plan import flat_weight
-from quasr.ranges import fake_quant_tokens
 
 A_BITS = 4
 model, ad, cal, held = tiny_heldout()

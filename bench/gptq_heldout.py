@@ -6,7 +6,7 @@ from heldout_batches import tiny_heldout
 from quasr.format import dequantize
 from quasr.methods import get_method
 from quasr.methods.pipeline import capture_block_inputs, LayerJob
-from quasr.methods.weight_only import rtn_layer
+from quasr.methods.rtn import rtn_layer
 from quasr.plan import flat_weight
 model, ad, cal, held = tiny_heldout()
 for bi in (2, 6, 8):

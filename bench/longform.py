@@ -19,15 +19,14 @@ import numpy as np
 from quasr.adapters import get_adapter
 from quasr.adapters.base import split_long
 from quasr.audio import SAMPLE_RATE
-from quasr.cli import _default_data
-from quasr.data import load_clips
+from quasr.data import default_data, load_clips
 from quasr.evaluate import word_error_rate
 from quasr.models import load_model
 from quasr.plan import swap, uniform_plan
 
 
 def long_file(minutes: float, skip: int):
-    clips = load_clips(_default_data(), "en")[skip:]
+    clips = load_clips(default_data(), "en")[skip:]
     gap = np.zeros(SAMPLE_RATE // 2, np.float32)
     waves, texts, total = [], [], 0.0
     for c in clips:

@@ -10,7 +10,7 @@ from heldout_batches import tiny_heldout
 
 from quasr.methods import config_plan, get_method
 from quasr.methods.pipeline import BlockCalls, LayerJob, capture_block_inputs
-from quasr.methods.scaling import stored_module
+from quasr.methods.omniquant import stored_module
 from quasr.plan import flat_weight
 
 model, ad, cal, held = tiny_heldout()

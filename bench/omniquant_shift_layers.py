@@ -7,7 +7,7 @@ import torch
 from heldout_batches import tiny_heldout
 from quasr.methods import get_method
 from quasr.methods.pipeline import capture_block_inputs, LayerJob
-from quasr.methods.scaling import layer_output_error
+from quasr.methods.common import layer_output_error
 from quasr.plan import flat_weight
 from dataclasses import replace
 

@@ -6,7 +6,7 @@ from quasr.models import load_model
 from quasr.adapters import get_adapter
 from quasr.data import load_clips
 from quasr.methods.pipeline import capture_block_inputs, rotation_for
-from quasr.methods.rotations import learn_rotation
+from quasr.methods.spinquant import learn_rotation
 from quasr.plan import flat_weight
 from quasr.ops import ActQuant
 

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from conftest import FAMILIES, tiny_family
-from quasr.allocate import (MB, BudgetError, SizeModel, allocate, allocate_optimal, allocate_round_robin,
-                            sensitivity_order)
+from quasr.allocation.allocate import (MB, BudgetError, SizeModel, allocate, allocate_optimal, allocate_round_robin,
+                                       sensitivity_order)
 from quasr.plan import model_size_bytes, swap
 
 

@@ -34,7 +34,7 @@ def _fake_moonshine_cpp(tmp_path, monkeypatch):
 
 
 def test_bundled_tokenizer_is_the_upstream_file():
-    from quasr.moonshine_ort import TOKENIZER_SHA256, bundled_tokenizer
+    from quasr.readers.moonshine_ort import TOKENIZER_SHA256, bundled_tokenizer
 
     tok = bundled_tokenizer()
     assert hashlib.sha256(tok.read_bytes()).hexdigest() == TOKENIZER_SHA256
@@ -52,7 +52,7 @@ def test_bundled_tokenizer_is_the_upstream_file():
 def test_bundled_tokenizer_round_trips_text():
     from transformers import PreTrainedTokenizerFast
 
-    from quasr.moonshine_ort import bundled_tokenizer
+    from quasr.readers.moonshine_ort import bundled_tokenizer
 
     tok = PreTrainedTokenizerFast(tokenizer_file=str(bundled_tokenizer()), bos_token="<s>", eos_token="</s>",
                                   unk_token="<unk>", pad_token="</s>")
@@ -62,8 +62,8 @@ def test_bundled_tokenizer_round_trips_text():
 
 
 def test_corrupt_bundled_tokenizer_is_refused(tmp_path, monkeypatch):
-    from quasr import moonshine_ort
-    from quasr.ort import OrtFormatError
+    from quasr.readers import moonshine_ort
+    from quasr.readers.ort import OrtFormatError
 
     bad = tmp_path / "tokenizer.json"
     bad.write_text("{}")
@@ -76,7 +76,8 @@ def test_corrupt_bundled_tokenizer_is_refused(tmp_path, monkeypatch):
 
 
 def test_moonshine_converts_without_moonshine_onnx(tmp_path, monkeypatch):
-    from quasr import models, moonshine_ort
+    from quasr import models
+    from quasr.readers import moonshine_ort
 
     pkg = _fake_moonshine_cpp(tmp_path, monkeypatch)
     seen = []

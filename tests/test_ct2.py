@@ -2,7 +2,7 @@ import struct
 
 import pytest
 
-from quasr.ct2 import CT2FormatError, read_ct2_model
+from quasr.readers.ct2 import CT2FormatError, read_ct2_model
 
 
 def _string(s):

@@ -10,12 +10,12 @@ import torch
 
 from conftest import FAMILIES, tiny_family
 from quasr.adapters import get_adapter
-from quasr.allocate import SizeModel
+from quasr.allocation.allocate import SizeModel
 from quasr.format import dequantize
-from quasr.mixed import quantize_to_budget
+from quasr.allocation.mixed import quantize_to_budget
 from quasr.plan import model_size_bytes, swap, uniform_plan
 from quasr.quantize import rtn_quantize
-from quasr.sensitivity import collect_statistics, error_table, fisher_diagonal
+from quasr.allocation.sensitivity import collect_statistics, error_table, fisher_diagonal
 
 pytestmark = [pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
               pytest.mark.filterwarnings("ignore")]

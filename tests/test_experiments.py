@@ -10,7 +10,7 @@ import pytest
 from conftest import tiny_family
 from quasr.cli import main
 from quasr.data import Clip
-from quasr.experiments import digit_accuracy, split_groups
+from quasr.experiments.personalisation import digit_accuracy, split_groups
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 

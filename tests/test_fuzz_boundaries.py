@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 import quasr.models
 from quasr.cli import main
 from quasr.schema import InputError, append_json_line
-from quasr.sweep import Sweep, SweepConfig
+from quasr.experiments.sweep import Sweep, SweepConfig
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -275,7 +275,7 @@ def test_experiment_data_is_checked_before_the_model_loads(tmp_path, capsys):
 
 
 def test_experiment_cells_drop_a_truncated_tail_and_name_a_corrupt_line(tmp_path):
-    from quasr.experiments import _Cells
+    from quasr.experiments.personalisation import _Cells
 
     path = tmp_path / "speaker_cells.jsonl"
     settings = {"model": "m", "seed": 0}
@@ -291,7 +291,7 @@ def test_experiment_cells_drop_a_truncated_tail_and_name_a_corrupt_line(tmp_path
 
 
 def test_corrupt_float_transcript_cache_is_recomputed(tmp_path):
-    from quasr.experiments import FLOAT_TRANSCRIPTS, _read_cache
+    from quasr.experiments.personalisation import FLOAT_TRANSCRIPTS, _read_cache
 
     cache = tmp_path / "gender_float_transcripts.json"
     for junk in ('{"F": {"ids": ["a"], "te', '["a"]', '{"F": {"ids": "a", "texts": []}}'):

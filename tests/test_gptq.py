@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from quasr.format import SUPPORTED_BITS, dequantize
-from quasr.gptq import gptq_quantize, input_hessian
+from quasr.methods.gptq import gptq_quantize, input_hessian
 from quasr.quantize import rtn_quantize
 
 

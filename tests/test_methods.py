@@ -13,12 +13,12 @@ from conftest import FAMILIES, tiny_family
 from quasr import ops
 from quasr.adapters import get_adapter
 from quasr.format import dequantize, resolve_group_size
+from quasr.grid import fake_quant_tokens
 from quasr.methods import METHODS, config_plan, get_method, parse_config, quantize, with_activations
+from quasr.methods.common import layer_output_error
 from quasr.methods.pipeline import LayerInputs, LayerJob
-from quasr.methods.scaling import layer_output_error
-from quasr.methods.weight_only import rtn_layer
+from quasr.methods.rtn import rtn_layer
 from quasr.plan import KEEP, current_plan, flat_weight, quantizable_layers, uniform_plan
-from quasr.ranges import fake_quant_tokens
 from quasr.rotation import Rotation, hadamard, random_signs, rotation_factors
 
 
@@ -152,7 +152,7 @@ def test_spinquant_learned_rotation_beats_quarot(bits, act_bits, weights):
 
 
 def test_learned_rotation_factors_compose_as_a_kronecker_product():
-    from quasr.methods.rotations import _cayley
+    from quasr.methods.spinquant import _cayley
 
     k = 96
     a, b = rotation_factors(k)
@@ -215,7 +215,7 @@ def test_block_calls_rerun_a_block_as_the_model_runs_it(family, calibrated):
 def test_omniquant_block_objective_beats_rtn_on_block_outputs(family, calibrated, monkeypatch):
     """OmniQuant trained on whole blocks: the trained blocks (LET scales present) reproduce the float
     block better than RTN does on the same inputs, and the model's logits end closer to float."""
-    from quasr.methods.scaling import OmniQuant
+    from quasr.methods.omniquant import OmniQuant
 
     chosen = []
     real = OmniQuant.quantize_block
@@ -271,7 +271,7 @@ def test_smoothquant_helps_8bit_activations_with_outliers():
 
 
 def test_hqq_reduces_weight_error_without_calibration():
-    from quasr.methods.weight_only import hqq_quantize
+    from quasr.methods.hqq import hqq_quantize
     from quasr.quantize import rtn_quantize
 
     w = torch.randn(64, 256) * 0.02
@@ -332,7 +332,8 @@ class _RotatedFloat(nn.Module):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_rotations_keep_the_float_model_outputs(family, calibrated):
-    from quasr.plan import _set_module, default_rotation_signs
+    from quasr.plan import default_rotation_signs
+    from quasr.plan.swap import _set_module
 
     model, proc = tiny_family(family)
     ad = get_adapter(model, proc)
@@ -487,7 +488,7 @@ def _transform_buffer_bytes(model) -> dict[str, int]:
 def test_every_method_meets_a_size_budget(family, method, act, calibrated):
     """The allocator reserves the bytes a method stores beside each layer, so the quantized model fits
     the budget; transform_bytes predicts those bytes exactly from the final plan."""
-    from quasr.mixed import quantize_to_budget
+    from quasr.allocation.mixed import quantize_to_budget
     from quasr.plan import model_size_bytes, transform_bytes
 
     model, proc = tiny_family(family)
@@ -524,8 +525,8 @@ def test_every_method_meets_a_size_budget(family, method, act, calibrated):
 
 
 def test_a_budget_that_only_fits_without_transforms_is_refused():
-    from quasr.allocate import MB, BudgetError, SizeModel
-    from quasr.mixed import quantize_to_budget
+    from quasr.allocation.allocate import MB, BudgetError, SizeModel
+    from quasr.allocation.mixed import quantize_to_budget
 
     model, proc = tiny_family("whisper")
     smallest_rtn = SizeModel(model, group_size=32).uniform_bytes(2) / MB

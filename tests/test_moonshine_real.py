@@ -19,7 +19,7 @@ def moonshine_base():
 @pytest.fixture(scope="module")
 def ort_files():
     from quasr.models import BUILTIN, _package_dir
-    from quasr.moonshine_ort import moonshine_files
+    from quasr.readers.moonshine_ort import moonshine_files
 
     b = BUILTIN["moonshine-base"]
     return moonshine_files(_package_dir(b.modules[0], b.packages))

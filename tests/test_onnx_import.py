@@ -63,7 +63,7 @@ def test_fp32_export_round_trip(exported):
 
 
 def test_fp16_export_round_trip(exported):
-    from quasr.onnx_import import load_wav2vec2_onnx
+    from quasr.readers.onnx_import import load_wav2vec2_onnx
 
     model, dirs = exported
     back, _ = load_wav2vec2_onnx(dirs["fp16"])
@@ -73,7 +73,7 @@ def test_fp16_export_round_trip(exported):
 
 
 def test_int8_export_round_trip(exported):
-    from quasr.onnx_import import load_wav2vec2_onnx
+    from quasr.readers.onnx_import import load_wav2vec2_onnx
 
     model, dirs = exported
     back, _ = load_wav2vec2_onnx(dirs["int8"])
@@ -101,8 +101,8 @@ def test_quantize_an_onnx_import(exported, tmp_path):
 
 
 def test_mismatched_export_is_a_clear_error(exported, tmp_path):
-    from quasr.graph_import import GraphImportError
-    from quasr.onnx_import import load_wav2vec2_onnx
+    from quasr.readers.graph_import import GraphImportError
+    from quasr.readers.onnx_import import load_wav2vec2_onnx
 
     _, dirs = exported
     d = tmp_path / "bad"
@@ -123,8 +123,8 @@ def test_ort_reader_reads_an_ort_conversion(exported, tmp_path):
     import subprocess
     import sys
 
-    from quasr.graph_import import graph_state_dict
-    from quasr.ort import read_ort_model
+    from quasr.readers.graph_import import graph_state_dict
+    from quasr.readers.ort import read_ort_model
 
     model, dirs = exported
     src = tmp_path / "model.onnx"
@@ -145,7 +145,7 @@ def test_ort_reader_reads_an_ort_conversion(exported, tmp_path):
 
 
 def test_ort_reader_rejects_other_files(tmp_path):
-    from quasr.ort import OrtFormatError, read_ort_model
+    from quasr.readers.ort import OrtFormatError, read_ort_model
 
     bad = tmp_path / "x.ort"
     bad.write_bytes(b"\x10\x00\x00\x00NOPE" + bytes(32))

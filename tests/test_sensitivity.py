@@ -10,13 +10,13 @@ from torch import nn
 
 from conftest import FAMILIES, tiny_family
 from quasr.adapters import get_adapter
-from quasr.allocate import MB, BudgetError, SizeModel
+from quasr.allocation.allocate import MB, BudgetError, SizeModel
 from quasr.format import dequantize
-from quasr.mixed import plot_bits, quantize_to_budget
+from quasr.allocation.mixed import plot_bits, quantize_to_budget
 from quasr.plan import model_size_bytes
 from quasr.quantize import fake_quantize, rtn_quantize
-from quasr.sensitivity import (DISTANCES, STATISTICS, collect_statistics, distance_scores, error_table,
-                               fisher_diagonal, sensitivity_scores)
+from quasr.allocation.sensitivity import (DISTANCES, STATISTICS, collect_statistics, distance_scores, error_table,
+                                          fisher_diagonal, sensitivity_scores)
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -110,7 +110,7 @@ def test_fisher_is_the_mean_squared_gradient_of_the_self_supervised_loss(family)
     module = adapter.model.get_submodule(name)
     # by hand, one clip at a time, for one layer
     acc, count = torch.zeros_like(fisher[name]), 0
-    from quasr.sensitivity import _single_examples
+    from quasr.allocation.sensitivity import _single_examples
 
     for ex in _single_examples(batches):
         w = module.weight.detach().clone().requires_grad_(True)
@@ -224,7 +224,8 @@ def test_quantize_to_budget_errors_are_clear():
 
 # -- static activation ranges ---------------------------------------------------------------------
 
-from quasr.ranges import activation_range, fake_quant_activation  # noqa: E402
+from quasr.grid import fake_quant as fake_quant_activation  # noqa: E402
+from quasr.ranges import activation_range  # noqa: E402
 
 
 def _heavy_tailed(n=20000, seed=0):

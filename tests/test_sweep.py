@@ -9,7 +9,7 @@ import soundfile as sf
 
 from conftest import tiny_family
 from quasr.cli import main
-from quasr.sweep import Sweep, SweepConfig
+from quasr.experiments.sweep import Sweep, SweepConfig
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +78,8 @@ def test_sweep_runs_resumes_and_renders(setup, tmp_path):
 
 @pytest.mark.filterwarnings("ignore")
 def test_fractional_widths_sweep_mixed_precision_with_the_method(setup, tmp_path, monkeypatch):
-    import quasr.mixed as mixed
-    from quasr.allocate import MB, SizeModel
+    import quasr.allocation.mixed as mixed
+    from quasr.allocation.allocate import MB, SizeModel
     from quasr.models import load_model
 
     passes = []
@@ -134,7 +134,7 @@ def test_shared_calibration_quantizes_once_for_every_dataset(setup, tmp_path, mo
     """With `calibration: {data: ...}` every dataset calibrates on the same clips, so each method x
     config is quantized once and evaluated on each dataset; by default each dataset calibrates anew."""
     import quasr.methods as methods
-    from quasr.sweep import Cell, quantization_groups
+    from quasr.experiments.sweep import Cell, quantization_groups
 
     # a second dataset: the same clips under another manifest (same ids, so the same WER)
     (setup / "copy").mkdir(exist_ok=True)
@@ -168,7 +168,7 @@ def test_shared_calibration_quantizes_once_for_every_dataset(setup, tmp_path, mo
 
 
 def test_sweep_with_no_calibration_clips_left_is_named(setup):
-    from quasr.sweep import quantization_groups
+    from quasr.experiments.sweep import quantization_groups
 
     cfg = SweepConfig.load(_config(setup, datasets=[{"name": "all", "data": str(setup / "manifest.jsonl")}]))
     with pytest.raises(ValueError, match="no calibration clips left for dataset 'all'.*lower the datasets' `limit`"):
@@ -179,8 +179,8 @@ def test_misused_sweep_internals_are_named(setup):
     """Sharing measurements across unlike calibrators, or one quantization across unlike cells, is
     refused with the reason."""
     from quasr.adapters import get_adapter
-    from quasr.mixed import Calibrator
-    from quasr.sweep import Cell, run_group
+    from quasr.allocation.mixed import Calibrator
+    from quasr.experiments.sweep import Cell, run_group
 
     model, proc = tiny_family("whisper")
     batches = get_adapter(model, proc).calibration_batches([np.zeros(16000, np.float32) + 0.01 * np.sin(
@@ -218,7 +218,7 @@ def test_rows_counted_before_rotation_bops_get_todays_accounting(tmp_path):
 # -- malformed configs and cells.jsonl: named with the file, the key or line, and what to fix ---------
 @pytest.mark.parametrize("text,message", [
     ("models: whisper-tiny.en\n",
-     "`models` must be a list of model names, got the string 'whisper-tiny.en' (write one item as [whisper-tiny.en])"),
+     "`models` must be a list of model names, got the string 'whisper-tiny.en' (write one item as ['whisper-tiny.en'])"),
     ("models: [m]\nmethods: rtn\n", "`methods` must be a list of method names, got the string 'rtn'"),
     ("models: [m]\nkeep: [1]\n", "`keep[0]` must be a non-empty string, got the number 1"),
     ("models: [m]\ndatasets: [en]\n", "`datasets[0]` must be a mapping that needs `name` and `data`, got the string 'en'"),

@@ -4,26 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 import warnings
 from pathlib import Path
 
-from .allocate import ALLOCATIONS
+from .allocation.allocate import ALLOCATIONS
+from .allocation.sensitivity import ERRORS, SCORES
+from .data import default_data
 from .methods import METHODS
-from .sensitivity import ERRORS, SCORES
-
-
-def _default_data() -> str:
-    env = os.environ.get("QUASR_SPEECH")
-    if env:
-        return str(Path(env) / "prompts" / "manifest.jsonl")
-    for base in (Path.cwd(), Path(__file__).resolve().parents[2]):
-        cand = base.parent / "shared" / "speech" / "prompts" / "manifest.jsonl"
-        if cand.exists():
-            return str(cand)
-    return ""
 
 
 def _quiet_transformers() -> None:
@@ -180,7 +169,7 @@ def _quantize(model, processor, args):
 
 
 def _quantize_to_budget(model, processor, args):
-    from .mixed import quantize_to_budget
+    from .allocation.mixed import quantize_to_budget
 
     calib = _calibration_waves(args)
     return quantize_to_budget(model, processor, args.budget_mb, calib, args.allocation, args.sensitivity, args.error,
@@ -238,7 +227,7 @@ def cmd_quantize(args) -> int:
         out = {"out": str(args.out), "size_mb": model_size_bytes(model) / 1e6, "avg_bits": average_bits(model),
                "seconds": time.perf_counter() - start, "group_size": args.group_size, "method": args.method}
         if mixed:
-            from .mixed import plot_bits
+            from .allocation.mixed import plot_bits
 
             result.save(stage / "allocation.json")
             plot_bits(result, stage / "bits.png", f"{args.model}: {args.allocation}")
@@ -270,7 +259,7 @@ def cmd_quantize(args) -> int:
 def _load_data(args):
     from .data import load_clips
 
-    data = args.data or _default_data()
+    data = args.data or default_data()
     if not data:
         raise SystemExit("quasr: no --data given and ../shared/speech not found; pass --data MANIFEST_OR_DIR")
     return load_clips(data, args.language, args.limit)
@@ -328,14 +317,14 @@ def cmd_demo(args) -> int:
 
 
 def _speech_set(name: str) -> str:
-    default = _default_data()
+    default = default_data()
     if not default:
         raise ValueError("no --data given and ../shared/speech not found; pass --data MANIFEST_OR_DIR")
     return str(Path(default).parents[1] / name / "manifest.jsonl")
 
 
 def cmd_experiment(args) -> int:
-    from .experiments import Experiment, Settings
+    from .experiments.personalisation import Experiment, Settings
 
     settings = Settings(budget_mb=args.budget_mb, avg_bits=args.avg_bits, allocation=args.allocation,
                         sensitivity=args.sensitivity, error=args.error, clip=args.clip, group_size=args.group_size,
@@ -399,7 +388,7 @@ def _add_device_arg(p) -> None:
 
 
 def cmd_sweep(args) -> int:
-    from .sweep import Sweep, SweepConfig
+    from .experiments.sweep import Sweep, SweepConfig
 
     Sweep(SweepConfig.load(args.config), args.out).run(args.ray)
     print(f"table: {args.out / 'table.md'}")

@@ -3,6 +3,7 @@ transcripts, or a manifest.jsonl inside), or a Hugging Face dataset ("hf:NAME[:C
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +14,19 @@ from .schema import (NON_NEGATIVE, POSITIVE_INT, STRING, TEXT, Fields, InputErro
                      shown)
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif"}
+
+
+def default_data() -> str:
+    """The default speech set's manifest (English prompts): $QUASR_SPEECH/prompts, else
+    ../shared/speech/prompts beside the working directory or the checkout; "" if there is none."""
+    env = os.environ.get("QUASR_SPEECH")
+    if env:
+        return str(Path(env) / "prompts" / "manifest.jsonl")
+    for base in (Path.cwd(), Path(__file__).resolve().parents[2]):
+        cand = base.parent / "shared" / "speech" / "prompts" / "manifest.jsonl"
+        if cand.exists():
+            return str(cand)
+    return ""
 
 
 @dataclass

@@ -70,10 +70,10 @@ def _builtin_files(name: str) -> tuple[bytes | Path, Path, Path]:
 def _convert(name: str):
     b = BUILTIN[name]
     if b.family == "moonshine":
-        from .moonshine_ort import convert_moonshine, moonshine_files
+        from .readers.moonshine_ort import convert_moonshine, moonshine_files
 
         return convert_moonshine(*moonshine_files(_package_dir(b.modules[0], b.packages), b.subdir))
-    from .whisper_ct2 import convert_whisper
+    from .readers.whisper_ct2 import convert_whisper
 
     return convert_whisper(*_builtin_files(name))
 

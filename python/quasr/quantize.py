@@ -9,10 +9,9 @@ from __future__ import annotations
 import torch
 
 from .format import PackedWeight, check_bits, dequantize, pack_codes, quantize_to_codes, resolve_group_size
+from .grid import fake_quant, scale_zero
 
 CLIP_METHODS = ("minmax", "mse", "cosine", "hessian")
-# Smallest positive fp16 scale: a group of all-zero weights still gets a valid (harmless) scale.
-_MIN_SCALE = 2.0**-24
 
 
 def _grouped(weight: torch.Tensor, group_size: int, padded: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -24,29 +23,6 @@ def _grouped(weight: torch.Tensor, group_size: int, padded: int) -> tuple[torch.
     mask = torch.zeros(padded, dtype=torch.bool, device=weight.device)
     mask[:k] = True
     return w.view(n, padded // group_size, group_size), mask.view(padded // group_size, group_size)
-
-
-def _scale_zero(lo: torch.Tensor, hi: torch.Tensor, bits: int, symmetric: bool):
-    maxq = (1 << bits) - 1
-    if symmetric:
-        amax = torch.maximum(lo.abs(), hi.abs())
-        scale = amax / ((1 << (bits - 1)) - 1)
-        zero = None
-    else:  # 0 always inside the range, so it stays exactly representable and z is in [0, maxq]
-        lo, hi = lo.clamp(max=0), hi.clamp(min=0)
-        scale = (hi - lo) / maxq
-        zero = None
-    scale = scale.to(torch.float16).to(torch.float32).clamp(min=_MIN_SCALE)
-    if not symmetric:
-        zero = torch.round(-lo / scale).clamp(0, maxq)
-    return scale, zero
-
-
-def _fake_quant(w, scale, zero, bits, symmetric):
-    maxq = (1 << bits) - 1
-    z = torch.full_like(scale, float(1 << (bits - 1))) if symmetric else zero
-    q = torch.round(w / scale.unsqueeze(-1) + z.unsqueeze(-1)).clamp(0, maxq)
-    return (q - z.unsqueeze(-1)) * scale.unsqueeze(-1)
 
 
 def _grouped_importance(importance: torch.Tensor, n: int, k: int, g: int, padded: int, device) -> torch.Tensor:
@@ -108,12 +84,12 @@ def rtn_quantize(
     w, mask = _grouped(weight.detach(), g, padded)
     h = _grouped_importance(importance, n, k, g, padded, weight.device) if clip == "hessian" else None
     lo, hi = w.amin(-1), w.amax(-1)
-    scale, zero = _scale_zero(lo, hi, bits, symmetric)
+    scale, zero = scale_zero(lo, hi, bits, symmetric)
     if clip != "minmax" and grid > 1:
-        best = _group_error(clip, w, _fake_quant(w, scale, zero, bits, symmetric), mask, h)
+        best = _group_error(clip, w, fake_quant(w, scale.unsqueeze(-1), zero.unsqueeze(-1), bits), mask, h)
         for shrink in torch.linspace(1.0, min_shrink, grid)[1:].tolist():
-            s, z = _scale_zero(lo * shrink, hi * shrink, bits, symmetric)
-            err = _group_error(clip, w, _fake_quant(w, s, z, bits, symmetric), mask, h)
+            s, z = scale_zero(lo * shrink, hi * shrink, bits, symmetric)
+            err = _group_error(clip, w, fake_quant(w, s.unsqueeze(-1), z.unsqueeze(-1), bits), mask, h)
             better = err < best
             best = torch.where(better, err, best)
             scale = torch.where(better, s, scale)

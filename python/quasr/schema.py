@@ -102,7 +102,7 @@ class ListOf(Rule):
 
     def check(self, value, path=()):
         if isinstance(value, str):  # `models: whisper-tiny.en` would otherwise be read letter by letter
-            raise _Mismatch(path, f"must be {self.expected}, got {describe(value)} (write one item as [{value}])")
+            raise _Mismatch(path, f"must be {self.expected}, got {describe(value)} (write one item as [{value!r}])")
         super().check(value, path)
 
     def check_parts(self, value, path):

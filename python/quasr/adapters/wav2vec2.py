@@ -47,7 +47,7 @@ class Wav2Vec2Adapter(ModelAdapter):
         path = Path(source)
         weights = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
         if path.is_dir() and not any((path / w).exists() for w in weights) and list(path.glob("*.onnx")):
-            from ..onnx_import import load_wav2vec2_onnx
+            from ..readers.onnx_import import load_wav2vec2_onnx
 
             return load_wav2vec2_onnx(path)
         return super().load(source, dtype)

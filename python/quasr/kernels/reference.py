@@ -37,7 +37,7 @@ class ActQuant:
 def input_transform(x: torch.Tensor, input_mul: torch.Tensor | None, act: ActQuant | None) -> torch.Tensor:
     """What the kernels do to x before the GEMM: the per-channel smoothing multiply, then the
     activation fake-quant."""
-    from ..ranges import fake_quant_activation, fake_quant_tokens
+    from ..grid import fake_quant as fake_quant_activation, fake_quant_tokens
 
     x = x.to(torch.float32)
     if input_mul is not None:

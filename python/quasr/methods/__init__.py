@@ -3,9 +3,13 @@
     model, plan = quantize(adapter, plan, calibration, method="gptq", **options)
 
 `plan` gives every layer's weight bits/group/symmetry and optional activation quantization (see
-plan.py, `with_activations`), so any mixed-precision plan composes with any method. `calibration` is a
+quasr.plan, `with_activations`), so any mixed-precision plan composes with any method. `calibration` is a
 list of waveforms (or prepared CalibrationBatches); methods that need none (RTN, HQQ) accept None.
 The returned plan is the input plan plus the transforms the method added (rotate, smooth).
+
+One file per method (rtn.py, gptq.py, hqq.py, awq.py, smoothquant.py, omniquant.py, quarot.py,
+spinquant.py), what several share in common.py, the blockwise calibration driver in pipeline.py; this
+module keeps the registry (METHODS, get_method) and the configurations (CONFIGS, parse_config).
 """
 
 from __future__ import annotations
@@ -16,10 +20,15 @@ from ..adapters.base import CalibrationBatch, ModelAdapter
 from ..format import check_bits, resolve_group_size
 from ..plan import KEEP
 from ..ranges import ACT_GRANULARITIES
+from .awq import AWQ
+from .gptq import GPTQ
+from .hqq import HQQ
+from .omniquant import OmniQuant
 from .pipeline import LayerInputs, LayerJob, LayerResult, Method, quantize_model
-from .rotations import QuaRot, SpinQuant
-from .scaling import AWQ, OmniQuant, SmoothQuant
-from .weight_only import GPTQ, HQQ, RTN
+from .quarot import QuaRot
+from .rtn import RTN
+from .smoothquant import SmoothQuant
+from .spinquant import SpinQuant
 
 METHODS: dict[str, type[Method]] = {m.name: m for m in (RTN, GPTQ, AWQ, HQQ, SmoothQuant, OmniQuant, QuaRot, SpinQuant)}
 
@@ -67,7 +76,7 @@ def config_plan(model, config: str, keep: tuple[str, ...] = (), act_granularity:
     bits, group, act = parse_config(config)
     if is_mixed(bits):
         raise ValueError(f"{config}: a fractional weight width is a mixed-precision size, not a uniform plan; "
-                         f"use quasr.mixed.quantize_to_budget(average_bits={bits})")
+                         f"use quasr.allocation.mixed.quantize_to_budget(average_bits={bits})")
     return with_activations(uniform_plan(model, bits, None if group == -1 else group, keep=keep), act, act_granularity)
 
 

@@ -25,8 +25,9 @@ from ..adapters.base import CalibrationBatch, ModelAdapter
 from ..format import PackedWeight
 from ..integrity import check_finite_model
 from ..ops import ActQuant
-from ..plan import (KEEP, LayerTransform, _tied_embeddings, flat_weight, is_grouped_conv, quantizable_layers, swap,
-                    transform_bytes, validate_plan)
+from ..plan import (KEEP, LayerTransform, flat_weight, is_grouped_conv, quantizable_layers, swap, transform_bytes,
+                    validate_plan)
+from ..plan.swap import _tied_embeddings
 from ..ranges import ACTIVATION_RANGE_METHODS, activation_range
 from ..rotation import Rotation, rotation_factors
 

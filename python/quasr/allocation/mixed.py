@@ -1,6 +1,6 @@
 """Mixed precision to a size budget, end to end: calibration audio -> sensitivity -> allocation ->
 range calibration -> swap. The pieces live in sensitivity.py (scores, errors), allocate.py (size
-model, allocators) and quantize.py (clipping); this module wires them for the CLI and experiments."""
+model, allocators) and quasr/quantize.py (clipping); this module wires them for the CLI and experiments."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .adapters import get_adapter
+from ..adapters import get_adapter
+from ..plan import model_size_bytes, rtn_quantizer, swap
 from .allocate import MB, Allocation, SizeModel, allocate
-from .plan import model_size_bytes, rtn_quantizer, swap
 from .sensitivity import (DISTANCES, ERRORS, SCORES, STATISTICS, collect_statistics, distance_scores, error_table,
                           fisher_diagonal, sensitivity_scores)
 
@@ -47,7 +47,7 @@ class Calibrator:
                  batch_size: int = 8, group_size: int | None = 128, symmetric: bool = False,
                  layers: list[str] | None = None, progress: bool = False):
         """`calibration`: 16 kHz waveforms, or CalibrationBatches already built on this float model."""
-        from .adapters.base import CalibrationBatch
+        from ..adapters.base import CalibrationBatch
 
         if not calibration:
             raise ValueError("calibration needs at least one clip")
@@ -128,8 +128,8 @@ def quantize_to_budget(model, processor, budget_mb: float | None = None, calibra
     (rotations, input multiplies, static ranges) are reserved in the budget before bits are chosen, so
     the result fits whatever the method does; with plain RTN the predicted size is exact.
     """
-    from .methods import Method, activation_spec, get_method, quantize, with_activations
-    from .methods.pipeline import transform_overhead
+    from ..methods import Method, activation_spec, get_method, quantize, with_activations
+    from ..methods.pipeline import transform_overhead
 
     if (budget_mb is None) == (average_bits is None):
         raise ValueError("give exactly one of budget_mb and average_bits")

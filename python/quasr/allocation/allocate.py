@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from torch import nn
 
-from .format import SUPPORTED_BITS, check_bits, resolve_group_size
-from .plan import KEEP, model_size_bytes
+from ..format import SUPPORTED_BITS, check_bits, resolve_group_size
+from ..plan import KEEP, model_size_bytes
 
 ALLOCATIONS = ("myqasr", "optimal", "uniform", "shuffled", "reversed")
 MB = 1e6

@@ -1,14 +1,7 @@
-"""QuaRot and SpinQuant: rotations of every layer's input (randomised Hadamard, or learned), weights
-quantized after rotating.
-
-QuaRot (Ashkboos et al. 2024) rotates the residual stream of an LLM and folds the rotation into the
-weights, with online Hadamard transforms where a rotation cannot be folded. Whisper, Moonshine and
-Wav2Vec2 use LayerNorm (mean subtraction), which does not commute with a rotation, so quasr applies
-the rotation online at every quantized layer's input (rotation.py: a Kronecker-factored transform,
-K*(a+b) multiply-adds per token) and stores W M. For each layer this is the same quantization
-problem QuaRot solves (weights W M, activations x M: outliers spread over all channels); the online
-cost is counted in the latency. Weights are then rounded by GPTQ (the paper's choice) or RTN.
-"""
+"""SpinQuant (Liu et al. 2024): QuaRot's online rotation of every layer's input followed by a learned
+orthogonal Kronecker factor Ra kron Rb (Cayley-parametrised), trained on the layer's output error with
+weights and activations fake-quantized (straight-through); weights then rounded by GPTQ on the rotated
+Hessian (or RTN)."""
 
 from __future__ import annotations
 
@@ -16,33 +9,13 @@ from dataclasses import replace
 
 import torch
 
+from ..format import resolve_group_size
+from ..grid import fake_quant_range_ste
+from ..quantize import _grouped
 from ..rotation import Rotation, kron_apply
+from .common import act_ste, layer_output_error
 from .pipeline import LayerInputs, LayerResult
-from .scaling import layer_output_error
-from .weight_only import GPTQ, rtn_layer
-
-
-class QuaRot(GPTQ):
-    name = "quarot"
-
-    @classmethod
-    def options(cls):
-        return {**GPTQ.options(), "weights": "gptq"}
-
-    def __init__(self, **kw):
-        super().__init__(**kw)
-        if self.weights not in ("gptq", "rtn"):
-            raise ValueError(f"quarot weights must be 'gptq' or 'rtn', got {self.weights!r}")
-        self.needs_hessian = self.weights == "gptq"
-        self.needs_calibration = self.weights == "gptq" or self.clip == "hessian"
-
-    def adjust_spec(self, name, module, spec, tied):
-        return {**spec, "rotate": True}
-
-    def quantize_layer(self, job):
-        if self.weights == "rtn":
-            return LayerResult(rtn_layer(job, self.clip))
-        return super().quantize_layer(job)
+from .quarot import QuaRot
 
 
 def _cayley(x: torch.Tensor) -> torch.Tensor:
@@ -60,10 +33,6 @@ def learn_rotation(x: torch.Tensor, weight: torch.Tensor, spec: dict, act, a: in
     group-wise min-max weight quantizer and fq its activation quantizer (both straight-through).
     Ra and Rb are Cayley-parametrised and trained with Adam from the identity; the best iterate is
     kept. Returns (Ra, Rb, error at the identity, error at the result)."""
-    from ..format import resolve_group_size
-    from ..quantize import _grouped
-    from .scaling import _act_ste, _fake_quant_ste
-
     n, k = weight.shape
     g, padded = resolve_group_size(spec["group_size"], k)
     y = x @ weight.T
@@ -79,8 +48,8 @@ def learn_rotation(x: torch.Tensor, weight: torch.Tensor, spec: dict, act, a: in
             ra, rb = _cayley(xa), _cayley(xb)
             wr = kron_apply(weight, ra, rb)
             wg, _ = _grouped(wr, g, padded)
-            wq = _fake_quant_ste(wg, wg.amin(-1), wg.amax(-1), spec["bits"], spec["symmetric"]).reshape(n, padded)[:, :k]
-            loss = ((y - _act_ste(kron_apply(x, ra, rb), act) @ wq.T) ** 2).mean() / norm
+            wq = fake_quant_range_ste(wg, wg.amin(-1), wg.amax(-1), spec["bits"], spec["symmetric"]).reshape(n, padded)[:, :k]
+            loss = ((y - act_ste(kron_apply(x, ra, rb), act) @ wq.T) ** 2).mean() / norm
             value = loss.item()
             first = value if first is None else first
             if value < best[0]:

@@ -1,13 +1,8 @@
-"""Quantization plans and `swap`.
-
-A plan is JSON-able: {"layers": {module name: {"bits": b, "group_size": g, "symmetric": s} | "keep"}}.
-Layers a plan does not name stay in float. Every allocator and PTQ method produces this same kind of
-plan; `swap` turns it into packed modules.
-"""
+"""`swap`: a plan's layers replaced by packed modules (or empty ones, to load a checkpoint), with the
+input transforms PTQ methods choose (`LayerTransform`) installed beside each packed weight."""
 
 from __future__ import annotations
 
-import fnmatch
 import zlib
 from dataclasses import dataclass, replace
 from typing import Callable
@@ -16,93 +11,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .format import PackedWeight, check_bits, resolve_group_size
-from .integrity import check_finite_model
-from .ranges import ACT_GRANULARITIES
-from .nn import QuantConv1d, QuantLinear, QuantTiedEmbedding
-from .quantize import CLIP_METHODS, rtn_quantize
-
-KEEP = "keep"
-# bits/group_size/symmetric: the weight; act_*: activation fake-quant at the layer's input (16/absent:
-# none); rotate/smooth: the layer has an online rotation (true: randomised Hadamard; "learned":
-# SpinQuant's learned factors) / a per-channel input multiply / a per-channel input shift (set by PTQ
-# methods, see nn._Packed).
-SPEC_KEYS = {"bits", "group_size", "symmetric", "act_bits", "act_granularity", "act_symmetric", "rotate", "smooth",
-             "shift"}
-
-
-SPEC_TYPES = {"bits": (int,), "group_size": (int,), "symmetric": (bool,), "act_bits": (int, None),
-              "act_granularity": (str,), "act_symmetric": (bool,), "rotate": (bool, "learned"), "smooth": (bool,),
-              "shift": (bool,)}
-SPEC_TYPE_NAMES = {"bits": "an integer", "group_size": "an integer", "symmetric": "true or false",
-                   "act_bits": "an integer (16: none)", "act_granularity": "a string", "act_symmetric": "true or false",
-                   "rotate": "true or \"learned\" (or false)", "smooth": "true or false", "shift": "true or false"}
-
-
-def quantizable_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """nn.Linear and nn.Conv1d modules, in module (execution) order."""
-    return {n: m for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv1d))}
-
-
-def check_spec(name: str, spec) -> dict | str:
-    if spec == KEEP:
-        return KEEP
-    if not isinstance(spec, dict) or "bits" not in spec:
-        raise ValueError(f"plan entry {name!r} must be \"keep\" or {{'bits': 2..8, 'group_size': ..., 'symmetric': ...}}, got {spec!r}")
-    unknown = set(spec) - SPEC_KEYS
-    if unknown:
-        raise ValueError(f"plan entry {name!r} has unknown keys {sorted(unknown)} (known: {sorted(SPEC_KEYS)})")
-    for key, kinds in SPEC_TYPES.items():  # JSON types exactly: a "yes" or a null is not a boolean
-        if key in spec and not (type(spec[key]) in kinds or spec[key] in kinds):
-            raise ValueError(f"plan entry {name!r}: {key} must be {SPEC_TYPE_NAMES[key]}, got {spec[key]!r}")
-    try:
-        check_bits(spec["bits"])
-        resolve_group_size(spec.get("group_size", 128), 32)
-        if spec.get("act_bits") not in (None, 16, 32):
-            check_bits(spec["act_bits"])
-    except ValueError as exc:
-        raise ValueError(f"plan entry {name!r}: {exc}") from None
-    out = {"bits": spec["bits"], "group_size": spec.get("group_size", 128), "symmetric": bool(spec.get("symmetric", False))}
-    if spec.get("act_bits") not in (None, 16, 32):
-        gran = spec.get("act_granularity", "token")
-        if gran not in ACT_GRANULARITIES:
-            raise ValueError(f"plan entry {name!r}: act_granularity must be one of {ACT_GRANULARITIES}, got {gran!r}")
-        out.update(act_bits=spec["act_bits"], act_granularity=gran, act_symmetric=bool(spec.get("act_symmetric", False)))
-    if spec.get("rotate") not in (None, False, True, "learned"):
-        raise ValueError(f"plan entry {name!r}: rotate must be true or \"learned\", got {spec['rotate']!r}")
-    if spec.get("rotate"):
-        out["rotate"] = spec["rotate"]
-    if spec.get("smooth"):
-        out["smooth"] = True
-    if spec.get("shift"):
-        out["shift"] = True
-    return out
-
-
-def uniform_plan(model: nn.Module, bits: int, group_size: int | None = 128, symmetric: bool = False,
-                 keep: tuple[str, ...] = ()) -> dict:
-    """Every quantizable layer at `bits`; names matching any glob in `keep` stay float."""
-    check_bits(bits)
-    resolve_group_size(group_size, 32)
-    spec = {"bits": bits, "group_size": -1 if group_size is None else group_size, "symmetric": symmetric}
-    layers = {}
-    for name in quantizable_layers(model):
-        layers[name] = KEEP if any(fnmatch.fnmatch(name, p) for p in keep) else dict(spec)
-    return {"layers": layers}
-
-
-def validate_plan(model: nn.Module, plan: dict) -> dict[str, dict | str]:
-    if not isinstance(plan, dict) or not isinstance(plan.get("layers"), dict):
-        raise ValueError("a plan is a dict with a 'layers' mapping of module name -> spec or \"keep\"")
-    layers = quantizable_layers(model)
-    unknown = [n for n in plan["layers"] if n not in layers]
-    if unknown:
-        raise ValueError(f"plan names layers the model does not have (or that are not Linear/Conv1d): {unknown[:5]}")
-    specs = {n: check_spec(n, s) for n, s in plan["layers"].items()}
-    for name, spec in specs.items():  # the group each layer really gets (a group past K is per-channel)
-        if spec != KEEP:
-            spec["group_size"] = resolve_group_size(spec["group_size"], flat_weight(layers[name]).shape[1])[0]
-    return specs
+from ..format import PackedWeight
+from ..integrity import check_finite_model
+from ..nn import QuantConv1d, QuantLinear, QuantTiedEmbedding
+from ..quantize import CLIP_METHODS, rtn_quantize
+from .schema import KEEP, flat_weight, is_grouped_conv, quantizable_layers, validate_plan
 
 
 def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -121,23 +34,12 @@ def _tied_embeddings(model: nn.Module, linears: dict[str, nn.Module]) -> dict[st
     return tied
 
 
-def is_grouped_conv(module: nn.Module) -> bool:
-    """A Conv1d whose groups each see their own input channels (no per-channel input transforms)."""
-    return isinstance(module, nn.Conv1d) and module.groups > 1
-
-
-def flat_weight(module: nn.Module) -> torch.Tensor:
-    """A Linear's weight, or a Conv1d's [out, in/groups, k] weight as [out, in/groups*k]."""
-    w = module.weight.detach()
-    return w.reshape(w.shape[0], -1)
-
-
 Quantizer = Callable[[str, torch.Tensor, dict], PackedWeight]
 
 
 def rtn_quantizer(clip: str = "mse", importance: dict[str, torch.Tensor] | None = None) -> Quantizer:
     """RTN with the given clipping; "hessian" takes each layer's input second moments from
-    `importance` (see quasr.sensitivity.collect_statistics)."""
+    `importance` (see quasr.allocation.sensitivity.collect_statistics)."""
     if clip not in CLIP_METHODS:
         raise ValueError(f"clip must be one of {CLIP_METHODS}, got {clip!r}")
     if clip == "hessian" and importance is None:
@@ -167,7 +69,7 @@ class LayerTransform:
     input_shift: torch.Tensor | None = None
 
     def rotation(self):
-        from .rotation import Rotation
+        from ..rotation import Rotation
 
         if self.rotation_signs is None:
             return None
@@ -176,7 +78,7 @@ class LayerTransform:
 
 def default_rotation_signs(name: str, k: int) -> torch.Tensor:
     """Random +-1 signs of a layer's randomised Hadamard rotation, fixed by its name."""
-    from .rotation import random_signs
+    from ..rotation import random_signs
 
     return random_signs(k, zlib.crc32(name.encode()))
 
@@ -310,53 +212,3 @@ def empty_swap(model: nn.Module, plan: dict) -> None:
         _install(model, name, new, tied.get(name, []))
 
 
-def current_plan(model: nn.Module) -> dict:
-    """The plan a (possibly swapped) model is in now."""
-    layers = {}
-    for n, m in model.named_modules():
-        if isinstance(m, (QuantLinear, QuantConv1d)):
-            layers[n] = m.spec()
-        elif isinstance(m, (nn.Linear, nn.Conv1d)):
-            layers[n] = KEEP
-    return {"layers": layers}
-
-
-def transform_bytes(spec: dict | str, in_features: int, out_features: int = 1, has_bias: bool = True) -> int:
-    """Bytes the input transforms of a layer spec add beside its packed weight: the buffers
-    nn._Packed.set_transforms allocates for it (measured on a meta-device module), plus the fp32
-    bias a shift creates where the layer had none."""
-    if spec == KEEP:
-        return 0
-    # the weight's bits and groups do not change the transforms: any valid ones will do
-    m = QuantLinear(in_features, out_features, 8, -1, bias=has_bias, device="meta")
-    m.set_transforms(rotate=spec.get("rotate", False), smooth=bool(spec.get("smooth")), act=spec, device="meta",
-                     shift=bool(spec.get("shift")))
-    created_bias = 0 if has_bias or m.bias is None else m.bias.numel() * m.bias.element_size()
-    return m.transform_bytes() + created_bias
-
-
-def model_size_bytes(model: nn.Module) -> int:
-    """Bytes of everything that ships: packed weights, scales/zeros, and every float tensor left,
-    each shared tensor counted once."""
-    seen, total = set(), 0
-    for t in list(model.parameters()) + list(model.buffers()):
-        key = (t.untyped_storage().data_ptr(), t.storage_offset(), t.numel()) if t.device.type != "meta" else id(t)
-        if key in seen:
-            continue
-        seen.add(key)
-        total += t.numel() * t.element_size()
-    return total
-
-
-def average_bits(model: nn.Module) -> float:
-    """Weight bits per original weight element over quantizable layers (float layers at their dtype)."""
-    bits = elems = 0
-    for _, m in model.named_modules():
-        if isinstance(m, (QuantLinear, QuantConv1d)):
-            n = m.packed.shape[0] * m.packed_in_features
-            bits += m.bits * n
-            elems += n
-        elif isinstance(m, (nn.Linear, nn.Conv1d)):
-            bits += m.weight.numel() * m.weight.element_size() * 8
-            elems += m.weight.numel()
-    return bits / max(elems, 1)

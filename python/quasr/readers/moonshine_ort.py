@@ -98,7 +98,7 @@ def convert_moonshine(encoder_ort, decoder_ort, tokenizer_json):
 
 # tokenizer.json ships with quasr (byte-identical copy from useful-moonshine-onnx==20251121, MIT):
 # moonshine-cpp has only a decode-only tokenizer.bin. assets/moonshine/SOURCE.md has the provenance.
-TOKENIZER_JSON = Path(__file__).resolve().parent / "assets" / "moonshine" / "tokenizer.json"
+TOKENIZER_JSON = Path(__file__).resolve().parents[1] / "assets" / "moonshine" / "tokenizer.json"
 TOKENIZER_SHA256 = "b68b995a58b3373db6c4f46864a9db50cd1333d086150ffa2c1096581ede9c10"
 
 

@@ -29,11 +29,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .adapters.base import CalibrationBatch, ModelAdapter
-from .format import SUPPORTED_BITS
-from .format import dequantize
-from .plan import flat_weight, rtn_quantizer
-from .quantize import fake_quantize
+from ..adapters.base import CalibrationBatch, ModelAdapter
+from ..format import SUPPORTED_BITS
+from ..format import dequantize
+from ..plan import flat_weight, rtn_quantizer
+from ..quantize import fake_quantize
 
 STATISTICS = ("median", "mean", "max", "std", "var")
 DISTANCES = ("kl", "l2", "cosine")

@@ -1,122 +1,19 @@
-"""Methods that rescale input channels: SmoothQuant, AWQ, OmniQuant.
-
-Each produces per-channel factors s (> 0) for a layer's inputs: the stored weight is W diag(s) and
-the input becomes x / s. quasr applies x / s online as a multiply fused into the kernel's input
-transform (`input_mul` = 1 / s), which works for every layer of every family (the original papers
-fold s into the preceding LayerNorm or linear where the architecture allows; that saves K multiplies
-per token and is an optimisation left for later).
-"""
+"""OmniQuant (Shao et al. 2024): learnable weight clipping and a learnable equivalent transformation
+x -> (x - delta) / s, trained with straight-through rounding on each layer's (or each block's) output
+error. The per-channel factors are stored as `input_mul` = 1 / s, applied online in the kernel's input
+transform (see methods/common.py)."""
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from ..format import dequantize
-from ..ops import reference_input_transform
+from ..format import PackedWeight, dequantize, pack_codes, quantize_to_codes, resolve_group_size
+from ..grid import fake_quant_range_ste, scale_zero
 from ..plan import is_grouped_conv
+from ..quantize import _grouped
+from .common import act_ste, layer_output_error, stored_output
 from .pipeline import LayerJob, LayerResult, Method
-from .weight_only import rtn_layer
-
-
-def stored_output(job: LayerJob, w: torch.Tensor, input_mul: torch.Tensor | None,
-                  input_shift: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
-    """The layer as quasr stores it, in plain torch, bias left out: fq((x - shift) * input_mul) w^T
-    + shift W^T, w the dequantized weight, fq the layer's activation quantizer (the shift's W^T term
-    is what the bias absorbs)."""
-    if input_shift is None:
-        return reference_input_transform(x, input_mul, job.act) @ w.T
-    return reference_input_transform(x - input_shift, input_mul, job.act) @ w.T + input_shift @ job.weight.T
-
-
-def layer_output_error(job: LayerJob, pw, input_mul: torch.Tensor | None,
-                       input_shift: torch.Tensor | None = None, x: torch.Tensor | None = None) -> float:
-    """Mean squared error of the layer's output on the calibration samples (or rows `x`): x W^T
-    (float, bias left out) against `stored_output`."""
-    x = job.inputs.samples if x is None else x
-    yq = stored_output(job, dequantize(pw).to(x.device), input_mul, input_shift, x)
-    return float(((x @ job.weight.T - yq) ** 2).mean())
-
-
-def _scaled_importance(method: Method, job: LayerJob, s: torch.Tensor) -> torch.Tensor | None:
-    """Second moments of the scaled inputs x / s, only when the clip search uses them."""
-    return (job.inputs.samples / s).pow(2).mean(0) if method.clip == "hessian" else None
-
-
-def _normalised(s: torch.Tensor) -> torch.Tensor:
-    s = s.clamp(min=1e-5)
-    return s / math.sqrt(float(s.max() * s.min()))
-
-
-class SmoothQuant(Method):
-    """SmoothQuant (Xiao et al. 2023): s_j = max|x_j|^alpha / max|W_:,j|^(1-alpha) migrates activation
-    outliers into the weights so that both quantize well at 8 bits; weights are then rounded (RTN)."""
-
-    name = "smoothquant"
-    may_smooth = True
-
-    @classmethod
-    def options(cls):
-        return {"alpha": 0.5}
-
-    def quantize_layer(self, job):
-        if job.inputs is None or job.tied:
-            return LayerResult(rtn_layer(job, self.clip))
-        w_max = job.weight.abs().amax(0).clamp(min=1e-5)
-        s = (job.inputs.abs_max.clamp(min=1e-5) ** self.alpha / w_max ** (1 - self.alpha)).clamp(min=1e-5)
-        return LayerResult(rtn_layer(job, self.clip, job.weight * s, importance=_scaled_importance(self, job, s)), 1.0 / s)
-
-
-class AWQ(Method):
-    """AWQ (Lin et al. 2024): protect the weights that multiply large activations by scaling their
-    input channels up before rounding, s = mean|x|^alpha, alpha searched on a grid for the smallest
-    layer-output error on the calibration samples (activation quantization included when the spec
-    has it). alpha = 0 (no scaling) is on the grid, so AWQ is never worse than RTN on those samples."""
-
-    name = "awq"
-    may_smooth = True
-
-    @classmethod
-    def options(cls):
-        return {"grid": 20}
-
-    def quantize_layer(self, job):
-        base = rtn_layer(job, self.clip)
-        if job.inputs is None or job.tied:
-            return LayerResult(base)
-        best, best_err, best_mul = base, layer_output_error(job, base, None), None
-        mean_abs = job.inputs.mean_abs()
-        for i in range(1, self.grid):
-            s = _normalised(mean_abs ** (i / self.grid))
-            pw = rtn_layer(job, self.clip, job.weight * s, importance=_scaled_importance(self, job, s))
-            err = layer_output_error(job, pw, 1.0 / s)
-            if err < best_err:
-                best, best_err, best_mul = pw, err, 1.0 / s
-        return LayerResult(best, best_mul)
-
-
-def _round_ste(x: torch.Tensor) -> torch.Tensor:
-    return (x.round() - x).detach() + x
-
-
-def _fake_quant_ste(w: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bits: int, symmetric: bool) -> torch.Tensor:
-    """Differentiable (straight-through) group fake-quant of w [N, G, g] with ranges [N, G]."""
-    maxq = (1 << bits) - 1
-    if symmetric:
-        half = float(1 << (bits - 1))
-        scale = (torch.maximum(lo.abs(), hi.abs()) / (half - 1)).clamp(min=1e-8).unsqueeze(-1)
-        zero = torch.full_like(scale, half)
-    else:
-        lo, hi = lo.clamp(max=0), hi.clamp(min=0)
-        scale = ((hi - lo) / maxq).clamp(min=1e-8).unsqueeze(-1)
-        zero = _round_ste(-lo.unsqueeze(-1) / scale).clamp(0, maxq)
-    q = torch.clamp(_round_ste(w / scale) + zero, 0, maxq)
-    return (q - zero) * scale
-
-
-def _act_ste(x: torch.Tensor, act) -> torch.Tensor:
-    return x if act is None else x + (reference_input_transform(x.detach(), None, act) - x).detach()
+from .rtn import rtn_layer
 
 
 class _OmniLayer:
@@ -125,9 +22,6 @@ class _OmniLayer:
     rounding so that it trains; `pack` turns it into the stored form."""
 
     def __init__(self, method: "OmniQuant", job: LayerJob, with_shift: bool):
-        from ..format import resolve_group_size
-        from ..quantize import _grouped
-
         self.job, w = job, job.weight
         self.n, self.k = w.shape
         self.g, self.padded = resolve_group_size(job.spec["group_size"], self.k)
@@ -154,30 +48,25 @@ class _OmniLayer:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """The layer's output (bias left out) on rows x [..., K]."""
-        from ..quantize import _grouped
-
         s = torch.exp(self.log_s)
         wg, _ = _grouped(self.job.weight * s, self.g, self.padded)
-        wq = _fake_quant_ste(wg, torch.sigmoid(self.beta) * wg.amin(-1), torch.sigmoid(self.gamma) * wg.amax(-1),
-                             self.job.spec["bits"], self.job.spec["symmetric"]).reshape(self.n, self.padded)[:, :self.k]
+        wq = fake_quant_range_ste(wg, torch.sigmoid(self.beta) * wg.amin(-1), torch.sigmoid(self.gamma) * wg.amax(-1),
+                                  self.job.spec["bits"], self.job.spec["symmetric"]).reshape(self.n, self.padded)[:, :self.k]
         lead = x.shape[:-1]
         x = x.reshape(-1, self.k)
-        y = _act_ste((x - self.shift) / s, self.job.act) @ wq.T
+        y = act_ste((x - self.shift) / s, self.job.act) @ wq.T
         if self.use_shift:
             y = y + self.shift @ self.job.weight.T  # the bias absorbs W delta
         return y.reshape(*lead, self.n)
 
     def pack(self) -> LayerResult:
-        from ..format import PackedWeight, pack_codes, quantize_to_codes
-        from ..quantize import _grouped, _scale_zero
-
         spec = self.job.spec
         with torch.no_grad():
             s = torch.exp(self.log_s) if self.let else None
             ws = self.job.weight * s if self.let else self.job.weight
             wg, _ = _grouped(ws, self.g, self.padded)
-            scale, zero = _scale_zero(torch.sigmoid(self.beta) * wg.amin(-1), torch.sigmoid(self.gamma) * wg.amax(-1),
-                                      spec["bits"], spec["symmetric"])
+            scale, zero = scale_zero(torch.sigmoid(self.beta) * wg.amin(-1), torch.sigmoid(self.gamma) * wg.amax(-1),
+                                     spec["bits"], spec["symmetric"])
             scales16 = scale.to(torch.float16)
             zeros16 = None if spec["symmetric"] else zero.to(torch.float16)
             pw = PackedWeight(pack_codes(quantize_to_codes(ws, scales16, zeros16, spec["bits"], self.g), spec["bits"]),

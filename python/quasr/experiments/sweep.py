@@ -40,8 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from .schema import (ANY, BOOL, COUNT, NUMBER, POSITIVE_INT, RECORD_FIX, STRING, TEXT, Fields, InputError, ListOf,
-                     MapOf, append_json_line, check, describe, error_at, read_json_lines, read_text)
+from ..schema import (ANY, BOOL, COUNT, NUMBER, POSITIVE_INT, RECORD_FIX, STRING, TEXT, Fields, InputError, ListOf,
+                      MapOf, append_json_line, check, describe, error_at, read_json_lines, read_text)
 
 _NAMES = ListOf(TEXT, "a list of names")
 # The config file's shape; what the names mean (methods, configurations) is checked by validate().
@@ -107,7 +107,7 @@ def _yaml_problem(exc: Exception) -> str:
 
 
 def _all_methods() -> list[str]:
-    from .methods import METHODS
+    from ..methods import METHODS
 
     return list(METHODS)
 
@@ -148,8 +148,8 @@ class SweepConfig:
     def validate(self, source: str = "sweep") -> None:
         """What the names in a config (of the right shape: CONFIG_SCHEMA) mean: known methods, valid
         configurations, `only` about models and datasets of the sweep."""
-        from .methods import METHODS, parse_config
-        from .ranges import ACT_GRANULARITIES
+        from ..methods import METHODS, parse_config
+        from ..ranges import ACT_GRANULARITIES
 
         def known_methods(key, names):
             for i, m in enumerate(names):
@@ -168,12 +168,12 @@ class SweepConfig:
         if self.act_granularity not in ACT_GRANULARITIES:
             raise error_at(source, "act_granularity", f"must be one of {ACT_GRANULARITIES}, got {self.act_granularity!r}")
         if not self.datasets:
-            from .cli import _default_data
+            from ..data import default_data
 
-            if not _default_data():
+            if not default_data():
                 raise InputError(f"{source}: no `datasets` given and ../shared/speech not found: add "
                                  "datasets: [{name: NAME, data: MANIFEST_OR_DIR}]")
-            self.datasets = [{"name": "en", "data": _default_data(), "language": "en", "limit": 100}]
+            self.datasets = [{"name": "en", "data": default_data(), "language": "en", "limit": 100}]
         names = [d["name"] for d in self.datasets]
         for i, name in enumerate(names):
             if name in names[:i]:
@@ -197,7 +197,7 @@ class SweepConfig:
     def method(self, name: str):
         """The method `name` as the sweep runs it: Hessian-weighted clipping unless its method_options
         say otherwise."""
-        from .methods import get_method
+        from ..methods import get_method
 
         return get_method(name, **{"clip": "hessian", **self.method_options.get(name, {})})
 
@@ -218,7 +218,7 @@ class SweepConfig:
 
 @functools.lru_cache(maxsize=16)
 def _clips(source: str, language: str | None, limit: int | None) -> list:
-    from .data import load_clips
+    from ..data import load_clips
 
     return load_clips(source, language, limit)
 
@@ -280,10 +280,10 @@ def run_group(cfg: SweepConfig, cells: list[Cell]) -> Iterator[dict]:
     each cell's dataset; yields each cell's row, its per-clip transcripts included, as it finishes."""
     import torch
 
-    from .adapters import get_adapter
-    from .evaluate import evaluate
-    from .methods import config_plan, is_mixed, parse_config, quantize
-    from .models import load_model
+    from ..adapters import get_adapter
+    from ..evaluate import evaluate
+    from ..methods import config_plan, is_mixed, parse_config, quantize
+    from ..models import load_model
 
     first = cells[0]
     if any((c.model, c.method, c.config) != (first.model, first.method, first.config) for c in cells):
@@ -311,7 +311,7 @@ def run_group(cfg: SweepConfig, cells: list[Cell]) -> Iterator[dict]:
         batches = _calibration_batches(cfg, first.model, adapter, calib, cal_language)
         start = time.perf_counter()
         if is_mixed(bits):  # myQASR's allocation to the size of `bits` on average, then the method
-            from .mixed import Calibrator, quantize_to_budget
+            from ..allocation.mixed import Calibrator, quantize_to_budget
 
             g = None if group == -1 else group
             calibrator = Calibrator(model, processor, batches, group_size=g)
@@ -350,7 +350,7 @@ def _upgrade_row(r: dict) -> dict:
     rot = r.get("rotation_gmacs_per_audio_s")
     if rot is None or "rotation_gbops_per_audio_s" in r:
         return r
-    from .metrics import FLOAT_BITS, HADAMARD_BITS
+    from ..metrics import FLOAT_BITS, HADAMARD_BITS
 
     bits = FLOAT_BITS if r["method"] == "spinquant" else HADAMARD_BITS
     new = rot * bits * FLOAT_BITS

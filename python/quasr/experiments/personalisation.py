@@ -26,13 +26,13 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from .allocate import MB, SizeModel
-from .data import Clip, load_clips
-from .evaluate import normalizer, transcribe, word_error_rate
-from .mixed import Calibrator, quantize_to_budget
-from .plan import model_size_bytes
-from .schema import (ANY, NUMBER, RECORD_FIX, STRING, TEXT, Fields, ListOf, MapOf, Rule, append_json_line, check,
-                     read_json_lines, read_text)
+from ..allocation.allocate import MB, SizeModel
+from ..allocation.mixed import Calibrator, quantize_to_budget
+from ..data import Clip, load_clips
+from ..evaluate import normalizer, transcribe, word_error_rate
+from ..plan import model_size_bytes
+from ..schema import (ANY, NUMBER, RECORD_FIX, STRING, TEXT, Fields, ListOf, MapOf, Rule, append_json_line, check,
+                      read_json_lines, read_text)
 
 EXPERIMENTS = ("language", "gender", "speaker", "sweep")
 
@@ -132,7 +132,7 @@ class Experiment:
     # the float model loads on first use: after the experiment's data has been read and checked
     @functools.cached_property
     def _float(self):
-        from .models import load_model
+        from ..models import load_model
 
         return load_model(self.model_name, device=self.s.device)
 
