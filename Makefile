@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip
 
-.PHONY: setup lock demo test bench cuda-check clean
+.PHONY: setup lock demo test bench cuda-check arm-check clean
 
 # Every install takes the versions CI tested (constraints.txt); pyproject.toml declares the ranges
 # quasr supports. Upgrading a dependency is a deliberate commit: `make lock` in a venv that passes.
@@ -37,6 +37,11 @@ bench: setup
 # Compile-check every CUDA source (nothing CUDA runs on CPU machines).
 cuda-check:
 	@for f in $$(find csrc/cuda -name '*.cu'); do echo "nvcc $$f"; nvcc -arch=sm_90 -std=c++17 -c $$f -o /tmp/quasr_cuda_check.o || exit 1; done
+
+# The CPU kernels' portable path on aarch64: cross-compile (installs g++-aarch64-linux-gnu and
+# qemu-user with apt when missing) and run csrc/cpu/tests/scalar_check.cpp natively and under qemu.
+arm-check:
+	bash .ci/arm_check.sh
 
 clean:
 	rm -rf build *.egg-info python/quasr/_C*.so

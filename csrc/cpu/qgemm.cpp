@@ -2,7 +2,14 @@
 // GEMM for large M) and a portable scalar path. Layout: docs/FORMAT.md. Reference: format.py.
 #include "qgemm.h"
 
+// x86 only: the AVX2+FMA paths (intrinsics, target attributes, the run-time CPU probe). Elsewhere
+// (aarch64, ...) only the portable scalar path is compiled and cpu_has_avx2_fma() is false.
+#if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
+#define QUASR_X86 1
 #include <immintrin.h>
+#else
+#define QUASR_X86 0
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -45,9 +52,13 @@ static inline float group_zero(const QGemmArgs& a, int64_t idx) {
 }
 
 bool cpu_has_avx2_fma() {
+#if QUASR_X86
   static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
                          __builtin_cpu_supports("f16c");
   return ok;
+#else
+  return false;
+#endif
 }
 
 // Path boundaries by M, measured with bench/gemm.py (bench/RESULTS.md): GEMV up to kGemvMaxM,
@@ -74,6 +85,9 @@ static int64_t gemm_block_rows(int64_t M) {
 }
 
 int64_t scratch_floats(Kernel kernel, const QGemmArgs& a) {
+#if !QUASR_X86
+  return a.Kp;  // every kernel runs the scalar path here (qgemm_rows)
+#endif
   if (kernel == Kernel::Gemm) return kTileN * kBlockK;  // two panels [kBlockK][16]
   if (kernel == Kernel::Scalar) return a.Kp;
   return 0;
@@ -173,6 +187,7 @@ static void rows_scalar(const QGemmArgs& a, int64_t n0, int64_t n1, float* wrow)
   }
 }
 
+#if QUASR_X86
 // ---------------------------------------------------------------------------------------------
 // AVX2 + FMA paths. Compiled with a target attribute so the file needs no -mavx2 and the scalar
 // path stays runnable on any x86-64.
@@ -478,11 +493,14 @@ QUASR_AVX2 static void dequant_rows_avx2(const QGemmArgs& a, int64_t n0, int64_t
   }
 }
 
+#endif  // QUASR_X86
+
 void dequantize_rows(const QGemmArgs& a, int64_t n0, int64_t n1, float* out) {
   if (!cpu_has_avx2_fma()) {
     for (int64_t n = n0; n < n1; ++n) dequant_row_scalar(a, n, out + (n - n0) * a.Kp);
     return;
   }
+#if QUASR_X86
   switch (a.bits) {
     case 2: return dequant_rows_avx2<2>(a, n0, n1, out);
     case 3: return dequant_rows_avx2<3>(a, n0, n1, out);
@@ -492,8 +510,10 @@ void dequantize_rows(const QGemmArgs& a, int64_t n0, int64_t n1, float* out) {
     case 7: return dequant_rows_avx2<7>(a, n0, n1, out);
     default: return dequant_rows_avx2<8>(a, n0, n1, out);
   }
+#endif
 }
 
+#if QUASR_X86
 template <int BITS>
 static void rows_avx2(Kernel kernel, const QGemmArgs& a, const float* prepared, int64_t n0, int64_t n1,
                       float* scratch) {
@@ -502,8 +522,10 @@ static void rows_avx2(Kernel kernel, const QGemmArgs& a, const float* prepared, 
   else
     rows_gemm<BITS>(a, prepared, n0, n1, scratch);
 }
+#endif  // QUASR_X86
 
 void qgemm_rows(Kernel kernel, const QGemmArgs& a, const float* prepared, int64_t n0, int64_t n1, float* scratch) {
+#if QUASR_X86
   if (kernel == Kernel::Scalar) return rows_scalar(a, n0, n1, scratch);
   switch (a.bits) {
     case 2: return rows_avx2<2>(kernel, a, prepared, n0, n1, scratch);
@@ -514,6 +536,11 @@ void qgemm_rows(Kernel kernel, const QGemmArgs& a, const float* prepared, int64_
     case 7: return rows_avx2<7>(kernel, a, prepared, n0, n1, scratch);
     default: return rows_avx2<8>(kernel, a, prepared, n0, n1, scratch);
   }
+#else
+  (void)kernel;
+  (void)prepared;
+  return rows_scalar(a, n0, n1, scratch);  // choose_kernel() never picks another path here
+#endif
 }
 
 // ---------------------------------------------------------------------------------------------

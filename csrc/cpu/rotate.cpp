@@ -4,7 +4,13 @@
 // log2(n) add/sub per element, a dense one n multiply-adds.
 #include "rotate.h"
 
+// x86 only: the AVX2+FMA path. Elsewhere only the portable scalar path is compiled.
+#if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
+#define QUASR_X86 1
 #include <immintrin.h>
+#else
+#define QUASR_X86 0
+#endif
 
 #include <algorithm>
 #include <cstring>
@@ -65,6 +71,7 @@ void dense_axis_scalar(float* x, float* tmp, const Axis& ax) {
   }
 }
 
+#if QUASR_X86
 // ---- AVX2 paths -------------------------------------------------------------------------------
 #define QUASR_AVX2 __attribute__((target("avx2,fma")))
 
@@ -183,6 +190,7 @@ QUASR_AVX2 void rotate_row_avx2(const RotateArgs& a, const float* xr, float* yr,
   for (k = 0; k + 8 <= a.K; k += 8) _mm256_storeu_ps(yr + k, _mm256_mul_ps(_mm256_loadu_ps(buf + k), sc));
   for (; k < a.K; ++k) yr[k] = buf[k] * a.scale;
 }
+#endif  // QUASR_X86
 
 void rotate_row_scalar(const RotateArgs& a, const float* xr, float* yr, float* buf, float* tmp) {
   for (int64_t k = 0; k < a.K; ++k) buf[k] = a.signs ? xr[k] * a.signs[k] : xr[k];
@@ -204,7 +212,9 @@ void rotate_rows_scalar(const RotateArgs& a, int64_t m0, int64_t m1, float* scra
 
 void rotate_rows(const RotateArgs& a, int64_t m0, int64_t m1, float* scratch) {
   if (!cpu_has_avx2_fma()) return rotate_rows_scalar(a, m0, m1, scratch);
+#if QUASR_X86
   for (int64_t m = m0; m < m1; ++m) rotate_row_avx2(a, a.x + m * a.K, a.y + m * a.K, scratch, scratch + a.K);
+#endif
 }
 
 }  // namespace quasr
