@@ -5,6 +5,12 @@ import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Triton decides interpreted or compiled once per process, at import: without a GPU, the whole suite
+# runs the Triton kernels under the interpreter (tests that compile them start their own process
+# without this variable).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # Triton's default, without its warning
 SPEECH = Path(os.environ.get("QUASR_SPEECH", Path(__file__).resolve().parents[1].parent / "shared" / "speech"))
 
 

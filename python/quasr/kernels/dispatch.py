@@ -136,10 +136,10 @@ def _choose(dev: str, bits: int, group: int, m: int, n: int, k: int, override: s
     for rule in load_table(kind):
         backend = BACKENDS.get(rule["backend"])
         if (backend is not None and rule["path"] in backend.paths and backend.supports(dev, bits, group, n, k)
-                and _matches(rule, bits, group, m, n, k)):
+                and backend.chosen_automatically(dev) and _matches(rule, bits, group, m, n, k)):
             return Choice(backend.name, rule["path"], f"table {table_path(kind).name}")
     for backend in BACKENDS.values():  # registry order: native backends before the reference
-        if backend.supports(dev, bits, group, n, k):
+        if backend.supports(dev, bits, group, n, k) and backend.chosen_automatically(dev):
             return Choice(backend.name, _default_path(backend.name, m), "default")
     raise ValueError(f"no kernel backend can run a {bits}-bit layer on {dev}")
 
@@ -169,6 +169,6 @@ def _backend_for(op: str, dev: str, override: str | None) -> str:
         if dev in backend.devices and op in backend.ops():
             return name
     for backend in BACKENDS.values():
-        if backend.available() and dev in backend.devices and op in backend.ops():
+        if backend.available() and backend.chosen_automatically(dev) and op in backend.ops():
             return backend.name
     raise ValueError(f"no kernel backend can run {op} on {dev}")

@@ -39,6 +39,11 @@ class Backend:
     def supports(self, device_type: str, bits: int, group_size: int, n: int, k: int) -> bool:
         return self.available() and device_type in self.devices and bits in self.bits
 
+    def chosen_automatically(self, device_type: str) -> bool:
+        """Whether tables and the default rule may pick this backend on this device (else only a
+        forced() context or QUASR_KERNEL can)."""
+        return device_type in self.devices
+
     def repacks(self) -> bool:
         """Whether this backend keeps a runtime layout of its own (see `repack`)."""
         return False
@@ -138,6 +143,9 @@ class Triton(Backend):
     @property
     def devices(self) -> tuple[str, ...]:
         return ("cuda", "cpu") if self.interpreted() else ("cuda",)
+
+    def chosen_automatically(self, device_type: str) -> bool:
+        return device_type == "cuda"  # the interpreter on the CPU is for tests: forced only
 
     def status(self) -> str:
         self._load()
