@@ -196,3 +196,23 @@ def test_the_layer_caches_its_rotation():
     q.rotation_signs = -torch.ones(384, dtype=torch.int8)  # new buffer: a new rotation
     r = q.rotation()
     assert r.signs is q.rotation_signs
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_a_dtype_conversion_leaves_the_packed_state_alone(dtype):
+    """model.half() / .to(torch.bfloat16) converts the float layers; packed layers keep their exact
+    quantized state (fp16 scales would lose bits as bf16) and follow their input's dtype."""
+    model, _ = tiny_family("whisper")
+    swap(model, _mixed_plan(model), progress=False)
+    before = _state_bytes(model)
+    packed = [n for n, m in model.named_modules() if isinstance(m, _Packed)]
+    model.to(dtype)
+    after = _state_bytes(model)
+    assert all(after[k] == v for k, v in before.items() if k.rsplit(".", 1)[0] in packed)
+    m = next(m for m in model.modules() if isinstance(m, QuantLinear) and m.bias is not None)
+    x = torch.randn(2, m.in_features).to(dtype)
+    want = reference.qlinear(x.float(), m.packed_weight(), m.bias)
+    y = m(x)
+    assert y.dtype == dtype
+    torch.testing.assert_close(y.float(), want, rtol=0.02, atol=0.02 * float(want.abs().max()))
+    assert m.scales.dtype == torch.float16 and m.bias.dtype == torch.float32

@@ -59,6 +59,22 @@ class _Packed(nn.Module):
 
     TRANSFORM_BUFFERS = ("rotation_signs", "rotation_left", "rotation_right", "input_shift", "input_mul", "act_qparams")
 
+    def _apply(self, fn, recurse=True):
+        """`.to(device)` moves the buffers; `.half()`, `.to(torch.bfloat16)` and the like leave their
+        dtypes alone. The scales and zeros are part of the packed format (float16), and the bias and
+        transform buffers are what the layer was calibrated with: converting them would change the
+        quantized model (bf16 scales lose bits). A packed layer's output follows its input's dtype.
+        nn.Module routes every conversion through _apply, so this is the one place to keep them."""
+        own = {id(t): t.dtype for t in self._buffers.values() if t is not None}
+
+        def keep_dtype(t):
+            out = fn(t)
+            if id(t) in own and out.dtype != own[id(t)]:
+                out = t.to(device=out.device)
+            return out
+
+        return super()._apply(keep_dtype, recurse)
+
     def transform_bytes(self) -> int:
         """Bytes of the input-transform buffers this layer holds beside its packed weight."""
         return sum(t.numel() * t.element_size() for t in (getattr(self, n) for n in self.TRANSFORM_BUFFERS)
@@ -173,7 +189,7 @@ class _Packed(nn.Module):
         if rot is not None:
             rot.device_factors(dev)
         for backend in BACKENDS.values():
-            if backend.repacks() and backend.available() and dev.type in backend.devices:
+            if backend.repacks() and backend.available() and backend.chosen_automatically(dev.type):
                 groups = getattr(self, "groups", 1)
                 for g in range(groups):
                     pw = self._group_weight(g) if groups > 1 else self.packed_weight()
