@@ -1,7 +1,7 @@
 """Measure which kernel path is fastest per (bits, M) on this machine and write the dispatcher's
 table (python/quasr/kernels/tables/<machine kind>.json), so `quasr` picks by measurement, not rule.
 
-    python bench/dispatch_table.py [--quick] [--dry-run]
+    python bench/dispatch_table.py [--quick] [--dry-run] [--device cuda] [--out DIR]
 
 For each width and each M in M_GRID, every path of every available backend runs the real layer
 shapes below (whisper-tiny/base and moonshine-base: K x N); the path with the least total time
@@ -17,6 +17,7 @@ import datetime
 import json
 import platform
 import sys
+from pathlib import Path
 
 import torch
 
@@ -40,20 +41,32 @@ def candidate_paths(backend) -> tuple[str, ...]:
     return fast or backend.paths
 
 
-def measure(bits: int, m: int, shapes, budget: float) -> dict[str, float]:
+def timed_backends(device: str) -> list[str]:
+    return [f"{b}:{p}" for b, be in BACKENDS.items()
+            if b != "reference" and be.available() and device in be.devices for p in candidate_paths(be)]
+
+
+def measure(bits: int, m: int, shapes, budget: float, device: str = "cpu") -> dict[str, float]:
     """Seconds per call, summed over the shapes, of every (backend:path) that is not the reference."""
     out = {}
-    for name, backend in BACKENDS.items():
-        if name == "reference" or not backend.available():
-            continue
-        for path in candidate_paths(backend):
-            total = 0.0
-            for k, n in shapes:
-                pw = packed_weight(n, k, bits)
-                x = torch.randn(m, k)
-                with forced(name, path):
-                    total += timeit(lambda: qlinear(x, pw), budget=budget)
-            out[f"{name}:{path}"] = total
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    for spec in timed_backends(device):
+        name, path = spec.split(":")
+        backend, total = BACKENDS[name], 0.0
+        for k, n in shapes:
+            pw = packed_weight(n, k, bits)
+            pw = type(pw)(pw.packed.to(device), pw.scales.to(device), pw.zeros.to(device), bits, pw.group_size, k)
+            layout = backend.repack(pw)  # made once, as a packed module's RuntimeCache holds it
+            x = torch.randn(m, k, device=device, dtype=dtype)
+
+            def call():
+                backend.qlinear(x, pw, None, None, None, path, layout)
+                if device == "cuda":
+                    torch.cuda.synchronize()
+
+            with forced(name, path):
+                total += timeit(call, budget=budget)
+        out[spec] = total
     return out
 
 
@@ -110,29 +123,33 @@ def main() -> None:
     ap.add_argument("--dry-run", action="store_true", help="print the table, do not write it")
     ap.add_argument("--from-log", default=None, metavar="FILE",
                     help="derive the rules from the timings a previous run printed instead of timing again")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="the device to measure (default cpu)")
+    ap.add_argument("--out", default=None, metavar="DIR",
+                    help="write the table into DIR instead of python/quasr/kernels/tables (e.g. on a lent GPU machine)")
     args = ap.parse_args()
     grid = [1, 4, 16, 128, 1500] if args.quick else M_GRID
     shapes = SHAPES[:2] if args.quick else SHAPES
     budget = 0.02 if args.quick else 0.1
-    kind = kernels.machine_kind("cpu")
-    print(f"# {platform.processor() or platform.machine()}; {native_status()}; torch {torch.__version__}, "
+    kind = kernels.machine_kind(args.device)
+    where = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine()
+    print(f"# {where}; {native_status()}; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; machine kind {kind}\n")
     print("µs per call, summed over the shapes\n")
-    timed = [f"{b}:{p}" for b, be in BACKENDS.items() if b != "reference" and be.available() for p in candidate_paths(be)]
+    timed = timed_backends(args.device)
     print("| bits | M | " + " | ".join(timed) + " | winner |")
     n_paths = len(timed)
     print("|---|---|" + "---:|" * n_paths + "---|")
     times: dict[int, dict[int, dict[str, float]]] = read_log(args.from_log) if args.from_log else {}
     for bits in BITS if not args.from_log else []:
         for m in grid:
-            t = measure(bits, m, shapes, budget)
+            t = measure(bits, m, shapes, budget, args.device)
             times.setdefault(bits, {})[m] = t
             print(f"| {bits} | {m} | " + " | ".join(f"{v * 1e6:.0f}" for v in t.values()) + f" | {min(t, key=t.get)} |",
                   flush=True)
     winners = pick_winners(times)
     from quasr.evaluate import machine_description
 
-    doc = {"machine": machine_description("cpu"), "kind": kind, "torch": torch.__version__,
+    doc = {"machine": machine_description(args.device), "kind": kind, "torch": torch.__version__,
            "threads": torch.get_num_threads(), "command": " ".join(["python bench/dispatch_table.py", *sys.argv[1:]]),
            "date": datetime.date.today().isoformat(), "shapes_k_n": shapes,
            "m_grid": sorted({m for by_m in times.values() for m in by_m}), "switch_margin": SWITCH_MARGIN}
@@ -144,7 +161,7 @@ def main() -> None:
     if args.dry_run:
         print(text)
         return
-    path = kernels.table_path(kind)
+    path = kernels.table_path(kind) if args.out is None else Path(args.out) / f"{kind}.json"
     path.write_text(text + "\n")
     print(f"\nwrote {path} ({len(doc['rules'])} rules)")
 
