@@ -9,7 +9,11 @@ from torch.utils.cpp_extension import BuildExtension, CppExtension
 ext = CppExtension(
     name="quasr._C",
     sources=["csrc/cpu/qgemm.cpp", "csrc/cpu/rotate.cpp", "csrc/cpu/ops.cpp"],
-    extra_compile_args={"cxx": ["-O3", "-std=c++17", "-fno-math-errno"]},
+    # -fopenmp: at::parallel_for is a header template whose `#pragma omp parallel` is compiled into
+    # this extension; without the flag the pragma is dropped and every quasr kernel ran on one thread
+    # (GOMP resolves to the libgomp.so.1 that torch ships and has already loaded).
+    extra_compile_args={"cxx": ["-O3", "-std=c++17", "-fno-math-errno", "-fopenmp"]},
+    extra_link_args=["-fopenmp"],
 )
 
 # triton_kernels/ stays at the top of the repository (the layout) and ships inside the wheel as
