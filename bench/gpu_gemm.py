@@ -30,8 +30,7 @@ import torch  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gemm import packed_weight  # noqa: E402
 
-from quasr.kernels import BACKENDS, forced  # noqa: E402
-from quasr.ops import qlinear  # noqa: E402
+from quasr.kernels import BACKENDS  # noqa: E402
 
 BITS = [2, 3, 4, 5, 6, 7, 8]
 TARGETS_M1 = {2: 6.0, 3: 4.5, 4: 3.5, 8: 1.8, **{b: 16 / b * 0.8 for b in (5, 6, 7)}}
@@ -101,8 +100,7 @@ def run(smoke: bool) -> tuple[list[dict], str]:
             for path in ("gemv", "gemm"):
                 if path == "gemv" and m > 64:
                     continue
-                with forced("triton", path):
-                    row[f"q{bits}_{path}_ms"] = bench_ms(lambda: layers.call(x, path)) / walk
+                row[f"q{bits}_{path}_ms"] = bench_ms(lambda: layers.call(x, path)) / walk
         rows.append(row)
     return rows, device
 

@@ -371,7 +371,7 @@ def test_shipped_configs():
 
 
 def test_autotune_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("QUASR_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("QUASR_CACHE", str(tmp_path))
     key = C.autotune_key("gemv", 3, 64, 128, 4, 32, True, "float16", "GPU")
     assert "m4" in key and C.load_cache() == {}
     cfg = C.default_config("gemv", 3, 4)

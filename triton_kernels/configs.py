@@ -80,8 +80,9 @@ def candidates(path: str, m: int) -> list[dict]:
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("QUASR_CACHE_DIR")
-    return Path(root) if root else Path.home() / ".cache" / "quasr"
+    from quasr.models import quasr_cache  # the one cache folder quasr has ($QUASR_CACHE)
+
+    return quasr_cache()
 
 
 def cache_path() -> Path:

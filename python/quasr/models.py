@@ -43,8 +43,13 @@ BUILTIN = {
 }
 
 
+def quasr_cache() -> Path:
+    """quasr's cache folder: $QUASR_CACHE, default ~/.cache/quasr (converted models, Triton autotuning)."""
+    return Path(os.environ.get("QUASR_CACHE", Path.home() / ".cache" / "quasr"))
+
+
 def cache_root() -> Path:
-    return Path(os.environ.get("QUASR_CACHE", Path.home() / ".cache" / "quasr")) / "models"
+    return quasr_cache() / "models"
 
 
 def _package_dir(module: str, pip_names: tuple[str, ...]) -> Path:

@@ -26,7 +26,7 @@ class RuntimeCache:
 
     def get(self, key, anchor: tuple, make):
         hit = self.entries.get(key)
-        if hit is not None and len(hit[0]) == len(anchor) and all(a is b for a, b in zip(hit[0], anchor)):
+        if hit is not None and all(a is b for a, b in zip(hit[0], anchor)):  # a key's anchor has one length
             return hit[1]
         value = make()
         self.entries[key] = (anchor, value)

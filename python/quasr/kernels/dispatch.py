@@ -166,9 +166,9 @@ def _backend_for(op: str, dev: str, override: str | None) -> str:
     if override and override != "auto":
         name, _ = _parse_override(override, "forced()/" + ENV)
         backend = BACKENDS[name]
-        if dev in backend.devices and op in backend.ops():
+        if dev in backend.devices:
             return name
     for backend in BACKENDS.values():
-        if backend.available() and backend.chosen_automatically(dev) and op in backend.ops():
+        if backend.available() and backend.chosen_automatically(dev):
             return backend.name
     raise ValueError(f"no kernel backend can run {op} on {dev}")

@@ -63,9 +63,6 @@ class Backend:
         """The online rotation (reference.rotate); `dense` factors already on x's device."""
         raise NotImplementedError
 
-    def ops(self) -> tuple[str, ...]:
-        return ("qlinear", "dequantize", "rotate")
-
 
 class NativeCPU(Backend):
     """csrc/cpu (quasr._C): AVX2+FMA paths chosen at run time, a portable scalar path elsewhere."""
