@@ -308,3 +308,17 @@ def test_cells_appends_stay_one_row_a_line(tmp_path):
     assert [json.loads(l)["dataset"] for l in (tmp_path / "cells.jsonl").read_text().splitlines()] == ["a", "b"]
     assert set(sweep.finished()) == {"m|rtn|W4A16|a", "m|rtn|W4A16|b"}
     assert json.loads((tmp_path / "transcripts.jsonl").read_text())["cell"] == "m|rtn|W4A16|b"
+
+
+def test_without_speech_data_a_config_mistake_is_named_first_then_the_missing_data(tmp_path, monkeypatch):
+    from quasr import data
+    from quasr.schema import InputError
+
+    monkeypatch.setattr(data, "default_data", lambda: "")  # a checkout without ../shared/speech
+    p = tmp_path / "c.yaml"
+    p.write_text("models: [m]\nonly: {n: {}}\n")
+    with pytest.raises(InputError, match=re.escape("`only.n` is not one of `models`")):
+        SweepConfig.load(p)
+    p.write_text("models: [m]\nonly: {m: {datasets: [en]}}\n")
+    with pytest.raises(InputError, match="no `datasets` given and ../shared/speech not found: add datasets"):
+        SweepConfig.load(p)

@@ -112,6 +112,9 @@ def _all_methods() -> list[str]:
     return list(METHODS)
 
 
+DEFAULT_DATASET = "en"  # the name of the default speech set, when a config names no datasets
+
+
 @dataclass
 class SweepConfig:
     models: list[str]
@@ -167,14 +170,7 @@ class SweepConfig:
         valid_configs("configs", self.configs)
         if self.act_granularity not in ACT_GRANULARITIES:
             raise error_at(source, "act_granularity", f"must be one of {ACT_GRANULARITIES}, got {self.act_granularity!r}")
-        if not self.datasets:
-            from ..data import default_data
-
-            if not default_data():
-                raise InputError(f"{source}: no `datasets` given and ../shared/speech not found: add "
-                                 "datasets: [{name: NAME, data: MANIFEST_OR_DIR}]")
-            self.datasets = [{"name": "en", "data": default_data(), "language": "en", "limit": 100}]
-        names = [d["name"] for d in self.datasets]
+        names = [d["name"] for d in self.datasets] or [DEFAULT_DATASET]
         for i, name in enumerate(names):
             if name in names[:i]:
                 raise error_at(source, f"datasets[{i}].name", f"{name!r} is given twice: dataset names must differ")
@@ -193,6 +189,13 @@ class SweepConfig:
                 self.method(name)
             except ValueError as exc:
                 raise error_at(source, ("method_options", name), f"is invalid: {exc}") from None
+        if not self.datasets:  # last, so that a mistake in the config is named before missing data
+            from ..data import default_data
+
+            if not default_data():
+                raise InputError(f"{source}: no `datasets` given and ../shared/speech not found: add "
+                                 "datasets: [{name: NAME, data: MANIFEST_OR_DIR}]")
+            self.datasets = [{"name": DEFAULT_DATASET, "data": default_data(), "language": "en", "limit": 100}]
 
     def method(self, name: str):
         """The method `name` as the sweep runs it: Hessian-weighted clipping unless its method_options
