@@ -8,7 +8,7 @@ from torch.utils.cpp_extension import BuildExtension, CppExtension
 
 ext = CppExtension(
     name="quasr._C",
-    sources=["csrc/cpu/qgemm.cpp", "csrc/cpu/rotate.cpp", "csrc/cpu/ops.cpp"],
+    sources=["csrc/cpu/qgemm.cpp", "csrc/cpu/qgemm_i8.cpp", "csrc/cpu/rotate.cpp", "csrc/cpu/ops.cpp"],
     # -fopenmp: at::parallel_for is a header template whose `#pragma omp parallel` is compiled into
     # this extension; without the flag the pragma is dropped and every quasr kernel ran on one thread
     # (GOMP resolves to the libgomp.so.1 that torch ships and has already loaded).

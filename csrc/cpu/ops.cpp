@@ -9,9 +9,11 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "qgemm.h"
+#include "qgemm_i8.h"
 #include "rotate.h"
 
 namespace {
@@ -20,7 +22,7 @@ at::Tensor qlinear_cpu(const at::Tensor& x, const at::Tensor& packed, const at::
                        const std::optional<at::Tensor>& zeros, const std::optional<at::Tensor>& bias, int64_t bits,
                        int64_t group_size, int64_t in_features, int64_t kernel,
                        const std::optional<at::Tensor>& input_mul, int64_t act_bits, bool act_symmetric,
-                       double act_scale, double act_zero) {
+                       double act_scale, double act_zero, bool act_group) {
   TORCH_CHECK(bits >= 2 && bits <= 8, "quasr::qlinear: bits must be 2..8, got ", bits);
   TORCH_CHECK(packed.dim() == 2 && packed.scalar_type() == at::kByte, "quasr::qlinear: packed must be uint8 [N, Kp*bits/8]");
   TORCH_CHECK((packed.size(1) * 8) % bits == 0, "quasr::qlinear: packed row length does not match bits");
@@ -57,7 +59,7 @@ at::Tensor qlinear_cpu(const at::Tensor& x, const at::Tensor& packed, const at::
     at::Tensor mul_c = input_mul.has_value() ? input_mul->contiguous() : at::Tensor();
     const float* mul = mul_c.defined() ? mul_c.data_ptr<float>() : nullptr;
     const quasr::ActQuant q{static_cast<int>(act_bits), act_symmetric, static_cast<float>(act_scale),
-                            static_cast<float>(act_zero)};
+                            static_cast<float>(act_zero), act_group ? group_size : 0};
     float* xp = x2.data_ptr<float>();
     at::parallel_for(0, M, 64, [&](int64_t b, int64_t e) { quasr::quantize_activations(xp, Kp, in_features, mul, q, b, e); });
   }
@@ -205,12 +207,127 @@ at::Tensor rotate_cpu(const at::Tensor& x, const std::optional<at::Tensor>& sign
 
 bool cpu_has_avx2() { return quasr::cpu_has_avx2_fma(); }
 
+int64_t best_isa() { return static_cast<int64_t>(quasr::best_isa()); }
+
+quasr::QGemmArgs canonical_args(const at::Tensor& packed, const at::Tensor& scales, const at::Tensor& zeros,
+                                int64_t bits, int64_t group_size, const char* op) {
+  TORCH_CHECK(bits >= 2 && bits <= 8 && packed.dim() == 2 && packed.scalar_type() == at::kByte && packed.is_cpu(),
+              op, ": packed must be a CPU uint8 [N, Kp*bits/8] tensor and bits 2..8");
+  const int64_t N = packed.size(0), Kp = packed.size(1) * 8 / bits;
+  TORCH_CHECK(group_size > 0 && Kp % group_size == 0 && Kp % 32 == 0 && group_size % 32 == 0, op,
+              ": bad group_size ", group_size, " for padded K ", Kp);
+  TORCH_CHECK(scales.scalar_type() == at::kHalf && scales.numel() == N * (Kp / group_size), op, ": bad scales");
+  if (zeros.defined()) TORCH_CHECK(zeros.scalar_type() == at::kHalf && zeros.numel() == scales.numel(), op, ": bad zeros");
+  quasr::QGemmArgs args{};
+  args.packed = packed.data_ptr<uint8_t>();
+  args.scales = reinterpret_cast<const uint16_t*>(scales.data_ptr<at::Half>());
+  args.zeros = zeros.defined() ? reinterpret_cast<const uint16_t*>(zeros.data_ptr<at::Half>()) : nullptr;
+  args.N = N;
+  args.Kp = Kp;
+  args.group_size = group_size;
+  args.bits = static_cast<int>(bits);
+  return args;
+}
+
+// The i8 runtime layout (qgemm_i8.h) of a canonical packed weight: (codes uint8, params float32).
+std::tuple<at::Tensor, at::Tensor> repack_i8_cpu(const at::Tensor& packed, const at::Tensor& scales,
+                                                 const std::optional<at::Tensor>& zeros, int64_t bits, int64_t group_size) {
+  at::Tensor packed_c = packed.contiguous(), scales_c = scales.contiguous();
+  at::Tensor zeros_c = zeros.has_value() ? zeros->contiguous() : at::Tensor();
+  const quasr::QGemmArgs args = canonical_args(packed_c, scales_c, zeros_c, bits, group_size, "quasr_cpu::repack_i8");
+  at::Tensor codes = at::empty({quasr::i8_code_bytes(args.N, args.Kp, args.bits)}, packed.options());
+  at::Tensor params = at::empty({quasr::i8_param_floats(args.N, args.Kp, group_size)}, packed.options().dtype(at::kFloat));
+  uint8_t* cp = codes.data_ptr<uint8_t>();
+  float* pp = params.data_ptr<float>();
+  at::parallel_for(0, quasr::i8_padded_n(args.N) / 16, 4,
+                   [&](int64_t b, int64_t e) { quasr::repack_i8(args, b, e, cp, pp); });
+  return {codes, params};
+}
+
+// y = x @ W^T (+ bias) with x quantized to int8 codes (act_* as quasr::qlinear; act_range 0 per
+// token, 1 static per tensor, 2 per token and weight group) and W in the i8 layout.
+at::Tensor qlinear_i8_cpu(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& params,
+                          const std::optional<at::Tensor>& bias, int64_t bits, int64_t group_size, int64_t in_features,
+                          int64_t out_features, const std::optional<at::Tensor>& input_mul, int64_t act_bits,
+                          int64_t act_range, bool act_symmetric, double act_scale, double act_zero, int64_t isa) {
+  const char* op = "quasr_cpu::qlinear_i8";
+  TORCH_CHECK(bits >= 2 && bits <= 8, op, ": bits must be 2..8, got ", bits);
+  TORCH_CHECK(act_bits >= 2 && act_bits <= 8, op, ": act_bits must be 2..8, got ", act_bits);
+  TORCH_CHECK(act_range >= 0 && act_range <= 2, op, ": act_range must be 0 (token), 1 (tensor) or 2 (group)");
+  TORCH_CHECK(x.is_cpu() && codes.is_cpu() && params.is_cpu(), op, ": CPU kernel got a non-CPU tensor");
+  TORCH_CHECK(x.size(-1) == in_features, op, ": input has ", x.size(-1), " features, layer expects ", in_features);
+  TORCH_CHECK(group_size > 0 && group_size % 32 == 0 && quasr::i8_group_fits(group_size), op, ": bad group_size ",
+              group_size);
+  const int64_t Kp = (in_features + group_size - 1) / group_size * group_size, N = out_features;
+  TORCH_CHECK(codes.scalar_type() == at::kByte && codes.numel() == quasr::i8_code_bytes(N, Kp, static_cast<int>(bits)),
+              op, ": codes do not match the layer (repack it with quasr_cpu::repack_i8)");
+  TORCH_CHECK(params.scalar_type() == at::kFloat && params.numel() == quasr::i8_param_floats(N, Kp, group_size), op,
+              ": params do not match the layer");
+  if (act_range == 1)
+    TORCH_CHECK(act_scale > 0 && act_zero == std::nearbyint(act_zero), op,
+                ": a static range needs scale > 0 and a whole-number zero, got ", act_scale, ", ", act_zero);
+  if (input_mul.has_value())
+    TORCH_CHECK(input_mul->numel() == in_features && input_mul->scalar_type() == at::kFloat, op,
+                ": input_mul must be float32 [in_features]");
+  if (bias.has_value()) TORCH_CHECK(bias->numel() == N, op, ": bias must have ", N, " elements");
+  const quasr::Isa chosen = isa < 0 ? quasr::best_isa() : static_cast<quasr::Isa>(isa);
+  TORCH_CHECK(isa <= 3 && quasr::isa_supported(chosen), op, ": this CPU cannot run ISA ", isa, " (best: ",
+              quasr::isa_name(quasr::best_isa()), ")");
+
+  at::Tensor x2 = x.reshape({-1, in_features}).to(at::kFloat).contiguous();
+  const int64_t M = x2.size(0), ng = Kp / group_size;
+  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
+  out_shape.back() = N;
+  at::Tensor y = at::empty({M, N}, x2.options());
+  if (M == 0) return y.view(out_shape).to(x.scalar_type());
+  at::Tensor a = at::empty({M, Kp}, x2.options().dtype(at::kChar));
+  at::Tensor rowp = at::empty({M, ng, 3}, x2.options());
+  at::Tensor mul_c = input_mul.has_value() ? input_mul->contiguous() : at::Tensor();
+  const quasr::I8ActQuant q{static_cast<int>(act_bits), act_symmetric, static_cast<quasr::ActRange>(act_range),
+                            static_cast<float>(act_scale), static_cast<float>(act_zero)};
+  const float* xp = x2.data_ptr<float>();
+  const float* mul = mul_c.defined() ? mul_c.data_ptr<float>() : nullptr;
+  int8_t* ap = a.data_ptr<int8_t>();
+  float* rp = rowp.data_ptr<float>();
+  at::parallel_for(0, M, 16, [&](int64_t b, int64_t e) {
+    quasr::quantize_activations_i8(xp, in_features, in_features, Kp, group_size, mul, q, b, e, ap, rp);
+  });
+  bool zero_points = false;
+  for (int64_t i = 0; i < M * ng && !zero_points; ++i) zero_points = rp[i * 3 + 2] != 0.f;
+
+  at::Tensor bias_c = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
+  const quasr::I8Layout w{codes.data_ptr<uint8_t>(), params.data_ptr<float>(), N, Kp, group_size, static_cast<int>(bits)};
+  const quasr::I8Acts acts{ap, rp, M, zero_points};
+  const float* bp = bias_c.defined() ? bias_c.data_ptr<float>() : nullptr;
+  float* yp = y.data_ptr<float>();
+  const int64_t scratch = quasr::i8_scratch_bytes(chosen, w, M);
+  at::parallel_for(0, quasr::i8_padded_n(N) / 64, 1, [&](int64_t b, int64_t e) {
+    std::vector<uint8_t> buf(scratch + 64);
+    uint8_t* aligned = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(buf.data()) + 63) & ~uintptr_t(63));
+    quasr::qgemm_i8_chunks(chosen, w, acts, bp, yp, b, e, aligned);
+  });
+  return y.view(out_shape).to(x.scalar_type());
+}
+
 }  // namespace
 
 // The op schemas are declared in Python (quasr/kernels/schemas.py) so they exist whichever backend
 // is built; this library only registers their CPU kernels, and the CPU feature probe in its own
 // namespace.
-TORCH_LIBRARY(quasr_cpu, m) { m.def("has_avx2() -> bool", &cpu_has_avx2); }
+TORCH_LIBRARY(quasr_cpu, m) {
+  m.def("has_avx2() -> bool", &cpu_has_avx2);
+  m.def("best_isa() -> int", &best_isa);
+  // CPU kernels only (below), so that the fake implementations in kernels/registry.py can trace them
+  m.def("repack_i8(Tensor packed, Tensor scales, Tensor? zeros, int bits, int group_size) -> (Tensor, Tensor)");
+  m.def("qlinear_i8(Tensor x, Tensor codes, Tensor params, Tensor? bias, int bits, int group_size, int in_features, "
+        "int out_features, Tensor? input_mul, int act_bits, int act_range, bool act_symmetric, float act_scale, "
+        "float act_zero, int isa=-1) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(quasr_cpu, CPU, m) {
+  m.impl("repack_i8", &repack_i8_cpu);
+  m.impl("qlinear_i8", &qlinear_i8_cpu);
+}
 
 TORCH_LIBRARY_IMPL(quasr, CPU, m) {
   m.impl("qlinear", &qlinear_cpu);

@@ -154,21 +154,34 @@ static int plane_widths(int bits, int* widths) {
   }
 }
 
+// Code k of a row: its planes' slices, low bits first (FORMAT.md).
+static inline int code_at(const uint8_t* row, int64_t Kp, const int* widths, int nplanes, int64_t k) {
+  int code = 0, shift = 0;
+  int64_t offset = 0;
+  for (int p = 0; p < nplanes; ++p) {
+    const int w = widths[p], per_byte = 8 / w;
+    const int sub = (row[offset + k / per_byte] >> ((k % per_byte) * w)) & ((1 << w) - 1);
+    code |= sub << shift;
+    shift += w;
+    offset += Kp * w / 8;
+  }
+  return code;
+}
+
+void decode_codes_row(const QGemmArgs& a, int64_t n, int32_t* out) {
+  int widths[3];
+  const int nplanes = plane_widths(a.bits, widths);
+  const uint8_t* row = a.packed + n * (a.Kp * a.bits / 8);
+  for (int64_t k = 0; k < a.Kp; ++k) out[k] = code_at(row, a.Kp, widths, nplanes, k);
+}
+
 static void dequant_row_scalar(const QGemmArgs& a, int64_t n, float* out) {
   int widths[3];
   const int nplanes = plane_widths(a.bits, widths);
   const uint8_t* row = a.packed + n * (a.Kp * a.bits / 8);
   const int64_t ng = a.Kp / a.group_size;
   for (int64_t k = 0; k < a.Kp; ++k) {
-    int code = 0, shift = 0;
-    int64_t offset = 0;
-    for (int p = 0; p < nplanes; ++p) {
-      const int w = widths[p], per_byte = 8 / w;
-      const int sub = (row[offset + k / per_byte] >> ((k % per_byte) * w)) & ((1 << w) - 1);
-      code |= sub << shift;
-      shift += w;
-      offset += a.Kp * w / 8;
-    }
+    const int code = code_at(row, a.Kp, widths, nplanes, k);
     const int64_t g = n * ng + k / a.group_size;
     out[k] = (static_cast<float>(code) - group_zero(a, g)) * half_to_float(a.scales[g]);
   }
@@ -556,25 +569,29 @@ void quantize_activations(float* x, int64_t ld, int64_t K, const float* mul, con
     if (mul)
       for (int64_t k = 0; k < K; ++k) row[k] *= mul[k];
     if (q.bits == 0) continue;
-    float s = q.scale, z = q.zero;
-    if (s <= 0.f) {  // dynamic: this token's range
-      float lo = 0.f, hi = 0.f;
-      for (int64_t k = 0; k < K; ++k) {
-        lo = std::min(lo, row[k]);
-        hi = std::max(hi, row[k]);
+    const int64_t span = q.scale <= 0.f && q.group > 0 ? q.group : K;
+    for (int64_t k0 = 0; k0 < K; k0 += span) {
+      const int64_t k1 = std::min(K, k0 + span);
+      float s = q.scale, z = q.zero;
+      if (s <= 0.f) {  // dynamic: this token's (or this block's) range
+        float lo = 0.f, hi = 0.f;
+        for (int64_t k = k0; k < k1; ++k) {
+          lo = std::min(lo, row[k]);
+          hi = std::max(hi, row[k]);
+        }
+        if (q.symmetric) {
+          const float half = static_cast<float>(1 << (q.bits - 1));
+          s = std::max(std::max(-lo, hi) / (half - 1.f), 1e-12f);
+          z = half;
+        } else {
+          s = std::max((hi - lo) / maxq, 1e-12f);
+          z = std::min(std::max(std::nearbyint(-lo / s), 0.f), maxq);
+        }
       }
-      if (q.symmetric) {
-        const float half = static_cast<float>(1 << (q.bits - 1));
-        s = std::max(std::max(-lo, hi) / (half - 1.f), 1e-12f);
-        z = half;
-      } else {
-        s = std::max((hi - lo) / maxq, 1e-12f);
-        z = std::min(std::max(std::nearbyint(-lo / s), 0.f), maxq);
+      for (int64_t k = k0; k < k1; ++k) {
+        const float c = std::min(std::max(std::nearbyint(row[k] / s + z), 0.f), maxq);
+        row[k] = (c - z) * s;
       }
-    }
-    for (int64_t k = 0; k < K; ++k) {
-      const float c = std::min(std::max(std::nearbyint(row[k] / s + z), 0.f), maxq);
-      row[k] = (c - z) * s;
     }
   }
 }

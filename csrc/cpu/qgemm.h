@@ -47,16 +47,21 @@ void dequantize_rows(const QGemmArgs& a, int64_t n0, int64_t n1, float* out);
 
 float half_to_float(uint16_t h);
 
+// The integer codes [Kp] of row n of W (the canonical planes decoded; scales and zeros unused).
+void decode_codes_row(const QGemmArgs& a, int64_t n, int32_t* out);
+
 // Activation fake-quant applied to rows [m0, m1) of x[M, ld] in place, before the GEMM (the
 // `act_*` arguments of quasr::qlinear). Columns [0, K) are first multiplied by `mul` (per-channel
 // smoothing, or nullptr), then each value v becomes (clamp(round(v / s + z), 0, 2^bits - 1) - z) * s.
 // Static: s, z given (per tensor). Dynamic: s, z from each row's range (per token); asymmetric
-// ranges always contain 0, symmetric ones use z = 2^(bits-1), as python/quasr/ranges.py. Columns
-// [K, ld) are zero padding and stay zero. Matches ranges.fake_quant_tokens bit for bit.
+// ranges always contain 0, symmetric ones use z = 2^(bits-1), as python/quasr/ranges.py; with
+// `group` > 0 each block of `group` columns of a token has its own range. Columns [K, ld) are zero
+// padding and stay zero. Matches grid.fake_quant_tokens / fake_quant_groups bit for bit.
 struct ActQuant {
   int bits;          // 2..8, or 0 for none (only `mul` applied)
   bool symmetric;
   float scale, zero; // static per-tensor parameters; scale <= 0 means dynamic per token
+  int64_t group = 0; // dynamic ranges per token and block of this many columns (0: whole token)
 };
 void quantize_activations(float* x, int64_t ld, int64_t K, const float* mul, const ActQuant& q, int64_t m0, int64_t m1);
 

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "qgemm.h"
+#include "qgemm_i8.h"
 #include "rotate.h"
 
 namespace {
@@ -205,6 +206,59 @@ void check_qgemm(std::mt19937& rng) {
       }
 }
 
+// The int8-activation GEMM (qgemm_i8.h), every ISA this CPU runs (scalar only off x86): x is
+// fake-quantized by the float path's quantize_activations (the same grid), then multiplied in
+// double with the naive weight; the int8 path must give that from its codes.
+void check_qgemm_i8(std::mt19937& rng) {
+  std::normal_distribution<float> nd;
+  char what[200];
+  for (int bits = 2; bits <= 8; ++bits)
+    for (int64_t G : {32, 128})
+      for (int sym = 0; sym < 2; ++sym) {
+        const int64_t N = 70, Kp = 256, K = 250;
+        const Layer L = make_layer(rng, N, Kp, G, bits, sym, bits % 2 == 0);
+        quasr::QGemmArgs c = args_of(L, nullptr, nullptr, 0);
+        std::vector<uint8_t> codes(quasr::i8_code_bytes(N, Kp, bits));
+        std::vector<float> params(quasr::i8_param_floats(N, Kp, G));
+        quasr::repack_i8(c, 0, quasr::i8_padded_n(N) / 16, codes.data(), params.data());
+        const quasr::I8Layout w{codes.data(), params.data(), N, Kp, G, bits};
+        for (int mode = 0; mode < 2; ++mode)  // 0: per token, asymmetric 8-bit; 1: per group, symmetric
+          for (int64_t M : {1, 3, 6, 9}) {
+            std::vector<float> x(M * K), fq(M * Kp, 0.f), y(M * N);
+            for (auto& v : x) v = nd(rng);
+            for (int64_t m = 0; m < M; ++m)
+              for (int64_t k = 0; k < K; ++k) fq[m * Kp + k] = x[m * K + k];
+            const quasr::ActQuant fake{8, mode == 1, 0.f, 0.f, mode == 1 ? G : 0};
+            quasr::quantize_activations(fq.data(), Kp, K, nullptr, fake, 0, M);
+            std::vector<double> want(M * N);
+            for (int64_t m = 0; m < M; ++m)
+              for (int64_t n = 0; n < N; ++n) {
+                double s = L.bias.empty() ? 0.0 : L.bias[n];
+                for (int64_t k = 0; k < Kp; ++k) s += static_cast<double>(fq[m * Kp + k]) * L.w[n * Kp + k];
+                want[m * N + n] = s;
+              }
+            const quasr::I8ActQuant q{8, mode == 1, mode == 1 ? quasr::ActRange::Group : quasr::ActRange::Token, 0.f, 0.f};
+            std::vector<int8_t> a(M * Kp);
+            std::vector<float> rowp(M * (Kp / G) * 3);
+            quasr::quantize_activations_i8(x.data(), K, K, Kp, G, nullptr, q, 0, M, a.data(), rowp.data());
+            bool zp = false;
+            for (size_t i = 2; i < rowp.size(); i += 3) zp = zp || rowp[i] != 0.f;
+            const quasr::I8Acts acts{a.data(), rowp.data(), M, zp};
+            for (int isa = 0; isa <= static_cast<int>(quasr::best_isa()); ++isa) {
+              std::vector<uint8_t> scratch(quasr::i8_scratch_bytes(static_cast<quasr::Isa>(isa), w, M) + 64);
+              uint8_t* aligned = scratch.data() + (64 - reinterpret_cast<uintptr_t>(scratch.data()) % 64) % 64;
+              std::fill(y.begin(), y.end(), NAN);
+              quasr::qgemm_i8_chunks(static_cast<quasr::Isa>(isa), w, acts, L.bias.empty() ? nullptr : L.bias.data(),
+                                     y.data(), 0, quasr::i8_padded_n(N) / 64, aligned);
+              std::snprintf(what, sizeof what, "qgemm_i8 %s b%d g%lld %s mode %d M=%lld",
+                            quasr::isa_name(static_cast<quasr::Isa>(isa)), bits, (long long)G, sym ? "sym" : "asym",
+                            mode, (long long)M);
+              expect_close(what, y, want, 1e-4);
+            }
+          }
+      }
+}
+
 // Activation fake-quant: every value on its grid (integer code in [0, 2^bits)), within half a step
 // of the (smoothed) input where it is inside the range, and the padding columns untouched (zero).
 void check_act_quant(std::mt19937& rng) {
@@ -362,9 +416,10 @@ int main() {
     std::printf("FAIL half_to_float(1.5) = %g\n", static_cast<double>(h));
   }
   check_qgemm(rng);
+  check_qgemm_i8(rng);
   check_act_quant(rng);
   check_rotate(rng);
-  std::printf("scalar_check: %s, avx2 paths %s: %d checks, %d failures\n",
+  std::printf("scalar_check: %s, avx2 paths %s, int8 paths up to %s: %d checks, %d failures\n",
 #if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
               "x86",
 #elif defined(__aarch64__)
@@ -372,6 +427,7 @@ int main() {
 #else
               "other arch",
 #endif
-              quasr::cpu_has_avx2_fma() ? "checked too" : "absent (scalar only)", checks, failures);
+              quasr::cpu_has_avx2_fma() ? "checked too" : "absent (scalar only)", quasr::isa_name(quasr::best_isa()),
+              checks, failures);
   return failures ? 1 : 0;
 }
