@@ -114,6 +114,17 @@ def fake_quant_range_ste(w: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bi
     return fake_quant_ste(w, scale, zero, bits)
 
 
+def fake_quant_groups(x: torch.Tensor, bits: int, symmetric: bool, group_size: int) -> torch.Tensor:
+    """Dynamic fake-quant with one range per row and block of `group_size` columns (the weight's
+    groups: x is zero-padded to whole groups, as the kernels see it). The reference of the int8
+    kernels' per-group activations."""
+    k = x.shape[-1]
+    pad = -k % group_size
+    xp = torch.nn.functional.pad(x.to(torch.float32), (0, pad))
+    y = fake_quant_tokens(xp.reshape(*xp.shape[:-1], -1, group_size), bits, symmetric)
+    return y.reshape(xp.shape)[..., :k]
+
+
 def fake_quant_tokens(x: torch.Tensor, bits: int, symmetric: bool = False) -> torch.Tensor:
     """Per-token dynamic fake-quant over the last dimension, in float32: each row gets the (scale,
     zero) of its own range (float32 scales, at least 1e-12). The reference of the kernels' dynamic

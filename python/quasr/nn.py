@@ -135,7 +135,7 @@ class _Packed(nn.Module):
         if not self.act_bits:
             return None
         if self.act_qparams is None:
-            return ops.ActQuant(self.act_bits, self.act_symmetric)
+            return ops.ActQuant(self.act_bits, self.act_symmetric, per_group=self.act_granularity == "group")
         # the range is read to the host once per buffer (a device sync on a GPU), not once per call
         return self._runtime.get(("act",), (self.act_qparams,), self._static_act_quant)
 
@@ -144,6 +144,12 @@ class _Packed(nn.Module):
         if scale <= 0:
             raise RuntimeError("static activation ranges were never calibrated for this layer (act_qparams is zero)")
         return ops.ActQuant(self.act_bits, self.act_symmetric, scale, zero, qparams=self.act_qparams)
+
+    def _act_or_none(self):
+        try:
+            return self.act_quant()
+        except RuntimeError:  # not calibrated yet: the first call says so
+            return None
 
     def rotation(self):
         """The layer's online rotation (rotation.Rotation), or None."""
@@ -180,16 +186,14 @@ class _Packed(nn.Module):
         (called after swap, load and `quasr.nn.prepare_runtime(model)`)."""
         from .kernels import BACKENDS
 
-        try:
-            self.act_quant()
-        except RuntimeError:  # not calibrated yet: the first call says so
-            pass
         rot = self.rotation()
         dev = self.packed.device
         if rot is not None:
             rot.device_factors(dev)
+        act = self._act_or_none()
         for backend in BACKENDS.values():
-            if backend.repacks() and backend.available() and backend.chosen_automatically(dev.type):
+            if (backend.repacks() and backend.needs_layout(act) and backend.available()
+                    and backend.chosen_automatically(dev.type)):
                 groups = getattr(self, "groups", 1)
                 for g in range(groups):
                     pw = self._group_weight(g) if groups > 1 else self.packed_weight()

@@ -21,7 +21,7 @@ from .kernels.reference import ActQuant  # noqa: F401  (part of this module's AP
 from .kernels.reference import input_transform as reference_input_transform  # noqa: F401
 from .kernels.reference import qlinear as reference_qlinear  # noqa: F401
 
-KERNELS = {"auto": 0, "gemv": 1, "gemm": 2, "scalar": 3, "blas": 4}
+KERNELS = {"auto": 0, "gemv": 1, "gemm": 2, "scalar": 3, "blas": 4, "int8": 5}
 NATIVE_CPU = BACKENDS["cpu"].available()
 
 
@@ -51,9 +51,9 @@ def qlinear(
         with forced("cpu", kernel):
             return qlinear(x, pw, bias, "auto", input_mul, act, layout_for)
     m = x.numel() // max(x.shape[-1], 1)
-    choice = choose(x.device, pw.bits, pw.group_size, m, pw.packed.shape[0], pw.in_features)
+    choice = choose(x.device, pw.bits, pw.group_size, m, pw.packed.shape[0], pw.in_features, act is not None)
     backend = BACKENDS[choice.backend]
-    layout = layout_for(backend, pw) if layout_for is not None and backend.repacks() else None
+    layout = layout_for(backend, pw) if layout_for is not None and backend.needs_layout(act) else None
     return backend.qlinear(x, pw, bias, input_mul, act, choice.path, layout)
 
 
@@ -72,4 +72,5 @@ def native_status() -> str:
     cpu = BACKENDS["cpu"]
     if not cpu.available():
         return f"reference only ({cpu.status()})"
-    return "native CPU kernels: " + ("AVX2+FMA" if cpu.has_avx2() else "portable scalar (no AVX2)")
+    floats = "AVX2+FMA" if cpu.has_avx2() else "portable scalar (no AVX2)"
+    return f"native CPU kernels: {floats} (float activations), {cpu.int8_isa()} (int8 activations)"

@@ -49,5 +49,7 @@ def activation_range(samples: torch.Tensor, bits: int, symmetric: bool = False, 
     return best
 
 
-ACT_GRANULARITIES = ("token", "tensor")
+# token: dynamic per row; group: dynamic per row and weight group (int8 activations as ONNX Runtime's
+# accuracy level 4 and llama.cpp's q8 blocks); tensor: one static range calibrated beforehand.
+ACT_GRANULARITIES = ("token", "tensor", "group")
 

@@ -6,7 +6,8 @@ the QUASR_KERNEL environment variable (`BACKEND` or `BACKEND:PATH`, e.g. `cpu:ge
 the measured table of this machine kind (tables/<kind>.json, written by bench/dispatch_table.py:
 the first rule that matches the call and names an available backend); and a default rule where no
 table exists (on the CPU: GEMV for M <= 4, the packed GEMM below M = 128, dequantized tiles + BLAS
-above; on CUDA, Triton's GEMV/split-K for M <= 16 and its tl.dot GEMM above). The other ops
+above; on CUDA, Triton's GEMV/split-K for M <= 16 and its tl.dot GEMM above). Layers that quantize their
+activations run the CPU's int8 path (integer dot products) unless a path is forced. The other ops
 (dequantize, rotate) go to `backend_for(op, device)`: the overriding backend, else the first
 available in registry order. Choices are cached per call shape: dispatch costs a dictionary lookup per layer call.
 """
@@ -109,12 +110,15 @@ def forced(backend: str, path: str | None = None):
 
 
 @torch.compiler.assume_constant_result  # traced models bake the choice in (dynamo cannot trace ContextVar)
-def choose(device: torch.device | str, bits: int, group_size: int, m: int, n: int, k: int) -> Choice:
+def choose(device: torch.device | str, bits: int, group_size: int, m: int, n: int, k: int,
+           int8_acts: bool = False) -> Choice:
+    """`int8_acts`: the layer quantizes its activations (act_bits <= 8), which the CPU's int8 path
+    runs with integer dot products (faster than fake-quant + a float kernel, the same result)."""
     dev = torch.device(device).type
     override = _FORCED.get()
     if override is not None:
-        return _choose(dev, bits, group_size, m, n, k, override, "forced")
-    return _choose(dev, bits, group_size, m, n, k, env_override(), "env")
+        return _choose(dev, bits, group_size, m, n, k, override, "forced", int8_acts)
+    return _choose(dev, bits, group_size, m, n, k, env_override(), "env", int8_acts)
 
 
 def env_override() -> str | None:
@@ -125,13 +129,17 @@ def env_override() -> str | None:
 
 
 @functools.lru_cache(maxsize=8192)
-def _choose(dev: str, bits: int, group: int, m: int, n: int, k: int, override: str | None, source: str) -> Choice:
+def _choose(dev: str, bits: int, group: int, m: int, n: int, k: int, override: str | None, source: str,
+            int8_acts: bool = False) -> Choice:
     if override and override != "auto":
         name, path = _parse_override(override, f"{ENV}={override}" if source == "env" else "forced()")
         backend = BACKENDS[name]
         if not backend.supports(dev, bits, group, n, k):
             raise ValueError(f"{source} kernel {override!r} cannot run a {bits}-bit layer on {dev}")
-        return Choice(name, path or _default_path(backend.name, m), source)
+        return Choice(name, path or _default_path(backend.name, m, int8_acts), source)
+    cpu = BACKENDS["cpu"]
+    if int8_acts and dev == "cpu" and "int8" in cpu.paths:  # one path for every M (the kernel tiles by M)
+        return Choice("cpu", "int8", "default")
     kind = machine_kind(dev) if dev in ("cpu", "cuda") else dev
     for rule in load_table(kind):
         backend = BACKENDS.get(rule["backend"])
@@ -144,8 +152,10 @@ def _choose(dev: str, bits: int, group: int, m: int, n: int, k: int, override: s
     raise ValueError(f"no kernel backend can run a {bits}-bit layer on {dev}")
 
 
-def _default_path(backend: str, m: int) -> str:
+def _default_path(backend: str, m: int, int8_acts: bool = False) -> str:
     paths = BACKENDS[backend].paths
+    if backend == "cpu" and int8_acts and "int8" in paths:
+        return "int8"
     if backend == "cpu" and "gemv" in paths:
         return "gemv" if m <= GEMV_MAX_M else "gemm" if m < BLAS_MIN_M else "blas"
     if backend == "triton":  # GemLite's split: GEMV/split-K for decoder steps, tl.dot tiles beyond

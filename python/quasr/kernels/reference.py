@@ -15,16 +15,17 @@ from ..format import PackedWeight, check_bits, dequantize
 
 @dataclass(frozen=True)
 class ActQuant:
-    """Fake-quant of a layer's input activations: per-token dynamic ranges (scale <= 0) or one static
-    per-tensor range (scale, zero) calibrated beforehand. Symmetric uses the signed grid. `qparams`
-    is the same (scale, zero) as a float32 [2] tensor on the layer's device, for kernels that read
-    it there (no host value to copy per call)."""
+    """Fake-quant of a layer's input activations: per-token dynamic ranges (scale <= 0; `per_group`:
+    one range per token and weight group) or one static per-tensor range (scale, zero) calibrated
+    beforehand. Symmetric uses the signed grid. `qparams` is the same (scale, zero) as a float32 [2]
+    tensor on the layer's device, for kernels that read it there (no host value to copy per call)."""
 
     bits: int
     symmetric: bool = False
     scale: float = 0.0
     zero: float = 0.0
     qparams: torch.Tensor | None = field(default=None, compare=False, repr=False)
+    per_group: bool = False
 
     def __post_init__(self):
         check_bits(self.bits)
@@ -34,16 +35,21 @@ class ActQuant:
         return self.scale <= 0
 
 
-def input_transform(x: torch.Tensor, input_mul: torch.Tensor | None, act: ActQuant | None) -> torch.Tensor:
+def input_transform(x: torch.Tensor, input_mul: torch.Tensor | None, act: ActQuant | None,
+                    group_size: int | None = None) -> torch.Tensor:
     """What the kernels do to x before the GEMM: the per-channel smoothing multiply, then the
-    activation fake-quant."""
-    from ..grid import fake_quant as fake_quant_activation, fake_quant_tokens
+    activation fake-quant (per-group ranges over the weight's `group_size` columns)."""
+    from ..grid import fake_quant as fake_quant_activation, fake_quant_groups, fake_quant_tokens
 
     x = x.to(torch.float32)
     if input_mul is not None:
         x = x * input_mul.to(x.device, torch.float32)
     if act is None:
         return x
+    if act.dynamic and act.per_group:
+        if group_size is None:
+            raise ValueError("per-group activation ranges need the weight's group size")
+        return fake_quant_groups(x, act.bits, act.symmetric, group_size)
     if act.dynamic:
         return fake_quant_tokens(x, act.bits, act.symmetric)
     return fake_quant_activation(x, act.scale, act.zero, act.bits)
@@ -53,7 +59,7 @@ def qlinear(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None = None,
             input_mul: torch.Tensor | None = None, act: ActQuant | None = None) -> torch.Tensor:
     """Transform the input, dequantize, then matmul in float32."""
     w = dequantize(pw).to(x.device)
-    y = input_transform(x, input_mul, act) @ w.T
+    y = input_transform(x, input_mul, act, pw.group_size) @ w.T
     if bias is not None:
         y = y + bias.to(y.device, torch.float32)
     return y.to(x.dtype)
@@ -95,8 +101,8 @@ def _packed(packed, scales, zeros, bits, group_size, in_features) -> PackedWeigh
 
 
 def qlinear_op(x, packed, scales, zeros, bias, bits, group_size, in_features, kernel=0, input_mul=None, act_bits=0,
-               act_symmetric=False, act_scale=0.0, act_zero=0.0):
-    act = ActQuant(act_bits, act_symmetric, act_scale, act_zero) if act_bits else None
+               act_symmetric=False, act_scale=0.0, act_zero=0.0, act_group=False):
+    act = ActQuant(act_bits, act_symmetric, act_scale, act_zero, per_group=act_group) if act_bits else None
     return qlinear(x, _packed(packed, scales, zeros, bits, group_size, in_features), bias, input_mul, act)
 
 

@@ -10,7 +10,10 @@ or repacks for this one call when called without a module)."""
 
 from __future__ import annotations
 
+import functools
+import math
 import os
+from dataclasses import dataclass
 
 import torch
 
@@ -52,6 +55,10 @@ class Backend:
         """The backend's runtime layout of `pw` (on pw's device), or None to read `pw` as it is."""
         return None
 
+    def needs_layout(self, act: ActQuant | None) -> bool:
+        """Whether calls with these activations read the runtime layout (made and kept only then)."""
+        return self.repacks()
+
     def qlinear(self, x: torch.Tensor, pw: PackedWeight, bias, input_mul, act: ActQuant | None, path: str,
                 layout=None):
         raise NotImplementedError
@@ -64,19 +71,40 @@ class Backend:
         raise NotImplementedError
 
 
+@dataclass
+class Int8Layout:
+    """NativeCPU's runtime layout for the int8-activation kernels (csrc/cpu/qgemm_i8.h): the codes in
+    16-column x 4-k steps split into 8/4/2/1-bit parts, and per group the scale, scale x zero and
+    the group's weight sum."""
+
+    codes: torch.Tensor  # uint8
+    params: torch.Tensor  # float32
+
+
+# The int8 kernels' instruction sets (quasr::Isa), best last; QUASR_CPU_ISA picks one by name.
+CPU_ISAS = ("scalar", "avx2", "avx512bw", "avx512-vnni")
+ISA_ENV = "QUASR_CPU_ISA"
+
+
 class NativeCPU(Backend):
-    """csrc/cpu (quasr._C): AVX2+FMA paths chosen at run time, a portable scalar path elsewhere."""
+    """csrc/cpu (quasr._C). Float activations: AVX2+FMA paths chosen at run time, a portable scalar
+    path elsewhere. Quantized activations (a layer with `act`): the int8 path, which quantizes x to
+    int8 codes in the kernel and sums code products in int32 (AVX-512 VNNI, AVX-512BW or AVX2, picked
+    by CPU features at load; scalar elsewhere) over its own runtime layout of the weight."""
 
     name = "cpu"
     description = "native C++ CPU kernels (csrc/cpu)"
     devices = ("cpu",)
     PATH_IDS = {"gemv": 1, "gemm": 2, "scalar": 3, "blas": 4}  # the `kernel` argument of quasr::qlinear
+    ACT_RANGES = {"token": 0, "tensor": 1, "group": 2}  # the `act_range` argument of quasr_cpu::qlinear_i8
 
     def __init__(self):
+        self._isas = None
         try:  # registers the CPU kernels of torch.ops.quasr.* (TORCH_LIBRARY_IMPL in csrc/cpu/ops.cpp)
             from .. import _C  # noqa: F401
 
             self._error = ""
+            _register_fakes()
         except ImportError as exc:  # a source checkout that was never built
             self._error = f"native extension not built: {exc}"
 
@@ -90,22 +118,107 @@ class NativeCPU(Backend):
     def paths(self) -> tuple[str, ...]:
         if not self.available():
             return ()
-        return ("gemv", "gemm", "blas", "scalar") if self.has_avx2() else ("scalar",)
+        return ("gemv", "gemm", "blas", "scalar", "int8") if self.has_avx2() else ("scalar", "int8")
 
     def isa(self) -> str:
+        """The float-activation kernels' instruction set (names the dispatch table: cpu-<isa>.json)."""
         return "avx2" if self.has_avx2() else "scalar"
 
+    def int8_isas(self) -> tuple[str, ...]:
+        """The int8 kernels' instruction sets this CPU runs, best last."""
+        if not self.available():
+            return ()
+        if self._isas is None:
+            self._isas = CPU_ISAS[: int(torch.ops.quasr_cpu.best_isa()) + 1]
+        return self._isas
+
+    def int8_isa(self) -> str:
+        """The int8 kernels' instruction set in use: QUASR_CPU_ISA when set, else the best one."""
+        return CPU_ISAS[self._isa_id(os.environ.get(ISA_ENV))]
+
+    @functools.lru_cache(maxsize=8)
+    def _isa_id(self, wanted: str | None) -> int:
+        isas = self.int8_isas()
+        if wanted:
+            if wanted not in CPU_ISAS:
+                raise ValueError(f"{ISA_ENV}={wanted!r}: choose one of {', '.join(CPU_ISAS)}")
+            if wanted not in isas:
+                raise ValueError(f"{ISA_ENV}={wanted!r}: this CPU runs only {', '.join(isas)}")
+            return CPU_ISAS.index(wanted)
+        return len(isas) - 1
+
+    def repacks(self) -> bool:
+        return True
+
+    def needs_layout(self, act) -> bool:
+        return act is not None
+
+    def repack(self, pw):
+        codes, params = torch.ops.quasr_cpu.repack_i8(pw.packed, pw.scales, pw.zeros, pw.bits, pw.group_size)
+        return Int8Layout(codes, params)
+
+    @staticmethod
+    def int8_supported(pw, act) -> bool:
+        """Whether the int8 path computes this call exactly as the fake-quant reference: int32 sums
+        that cannot overflow, and a whole-number static zero (the padding columns' code)."""
+        return (act is not None and pw.group_size <= 65536
+                and (act.dynamic or (act.scale > 0 and float(act.zero).is_integer())))
+
     def qlinear(self, x, pw, bias, input_mul, act, path, layout=None):
+        if path == "int8":
+            if act is None:
+                raise ValueError("the cpu int8 path quantizes activations: it needs a layer with act_bits "
+                                 "(use gemv/gemm/blas for float activations)")
+            if self.int8_supported(pw, act):
+                return self.qlinear_int8(x, pw, bias, input_mul, act, layout)
+            m = x.numel() // max(x.shape[-1], 1)
+            from .dispatch import GEMV_MAX_M, BLAS_MIN_M
+
+            path = ("gemv" if m <= GEMV_MAX_M else "gemm" if m < BLAS_MIN_M else "blas") if self.has_avx2() else "scalar"
         return torch.ops.quasr.qlinear(
             x, pw.packed, pw.scales, pw.zeros, bias, pw.bits, pw.group_size, pw.in_features, self.PATH_IDS[path],
             input_mul, act.bits if act else 0, bool(act and act.symmetric), act.scale if act else 0.0,
-            act.zero if act else 0.0)
+            act.zero if act else 0.0, bool(act and act.per_group))
+
+    def qlinear_int8(self, x, pw, bias, input_mul, act, layout=None, isa: str | None = None):
+        """The int8 path on `isa` (default: int8_isa())."""
+        if layout is None:
+            layout = self.repack(pw)
+        isa_id = CPU_ISAS.index(isa) if isa else self._isa_id(os.environ.get(ISA_ENV))
+        act_range = "tensor" if not act.dynamic else "group" if act.per_group else "token"
+        return torch.ops.quasr_cpu.qlinear_i8(
+            x, layout.codes, layout.params, bias, pw.bits, pw.group_size, pw.in_features, pw.out_features, input_mul,
+            act.bits, self.ACT_RANGES[act_range], act.symmetric, act.scale, act.zero, isa_id)
 
     def dequantize(self, pw):
         return torch.ops.quasr.dequantize(pw.packed, pw.scales, pw.zeros, pw.bits, pw.group_size, pw.in_features)
 
     def rotate(self, x, signs, orders, dense, scale):
         return torch.ops.quasr.rotate(x, signs, orders, dense, scale)
+
+
+_FAKES_REGISTERED = False
+
+
+def _register_fakes() -> None:
+    """Fake (meta) implementations of the CPU backend's own ops, for tracing and torch.compile."""
+    global _FAKES_REGISTERED
+    if _FAKES_REGISTERED:
+        return
+    _FAKES_REGISTERED = True
+
+    @torch.library.register_fake("quasr_cpu::qlinear_i8")
+    def _qlinear_i8_fake(x, codes, params, bias, bits, group_size, in_features, out_features, input_mul, act_bits,
+                         act_range, act_symmetric, act_scale, act_zero, isa=-1):
+        torch._check(x.shape[-1] == in_features)
+        return x.new_empty((*x.shape[:-1], out_features))
+
+    @torch.library.register_fake("quasr_cpu::repack_i8")
+    def _repack_i8_fake(packed, scales, zeros, bits, group_size):
+        n, kp = packed.shape[0], packed.shape[1] * 8 // bits
+        padded = math.ceil(n / 64) * 64
+        return (packed.new_empty(padded * kp * bits // 8),
+                packed.new_empty(padded // 16 * (kp // group_size) * 48, dtype=torch.float32))
 
 
 class Triton(Backend):
@@ -166,6 +279,8 @@ class Triton(Backend):
         tk = self._load()
         if layout is None:
             layout = tk.repack(pw)
+        if act is not None and act.per_group:  # per-group ranges are not fused here: quantize x first
+            x, input_mul, act = reference.input_transform(x, input_mul, act, pw.group_size).to(x.dtype), None, None
         act_bits = act.bits if act else 0
         qparams = None
         if act is not None and not act.dynamic:

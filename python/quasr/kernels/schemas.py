@@ -13,7 +13,7 @@ from . import reference
 _LIB = torch.library.Library("quasr", "DEF")
 _LIB.define("qlinear(Tensor x, Tensor packed, Tensor scales, Tensor? zeros, Tensor? bias, int bits, int group_size, "
             "int in_features, int kernel=0, Tensor? input_mul=None, int act_bits=0, bool act_symmetric=False, "
-            "float act_scale=0., float act_zero=0.) -> Tensor")
+            "float act_scale=0., float act_zero=0., bool act_group=False) -> Tensor")
 _LIB.define("dequantize(Tensor packed, Tensor scales, Tensor? zeros, int bits, int group_size, int in_features) "
             "-> Tensor")
 _LIB.define("rotate(Tensor x, Tensor? signs, int[] orders, Tensor?[] dense, float scale, int kernel=0) -> Tensor")
@@ -21,7 +21,7 @@ _LIB.define("rotate(Tensor x, Tensor? signs, int[] orders, Tensor?[] dense, floa
 
 @torch.library.register_fake("quasr::qlinear")
 def _qlinear_fake(x, packed, scales, zeros, bias, bits, group_size, in_features, kernel=0, input_mul=None,
-                  act_bits=0, act_symmetric=False, act_scale=0.0, act_zero=0.0):
+                  act_bits=0, act_symmetric=False, act_scale=0.0, act_zero=0.0, act_group=False):
     torch._check(x.shape[-1] == in_features)
     return x.new_empty((*x.shape[:-1], packed.shape[0]))
 
