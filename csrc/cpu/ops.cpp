@@ -290,7 +290,7 @@ at::Tensor qlinear_i8_cpu(const at::Tensor& x, const at::Tensor& codes, const at
   int8_t* ap = a.data_ptr<int8_t>();
   float* rp = rowp.data_ptr<float>();
   at::parallel_for(0, M, 16, [&](int64_t b, int64_t e) {
-    quasr::quantize_activations_i8(xp, in_features, in_features, Kp, group_size, mul, q, b, e, ap, rp);
+    quasr::quantize_activations_i8(chosen, xp, in_features, in_features, Kp, group_size, mul, q, b, e, ap, rp);
   });
   bool zero_points = false;
   for (int64_t i = 0; i < M * ng && !zero_points; ++i) zero_points = rp[i * 3 + 2] != 0.f;

@@ -66,13 +66,43 @@ void repack_i8(const QGemmArgs& w, int64_t b0, int64_t b1, uint8_t* codes, float
   }
 }
 
-// The (scale, zero) of one range, as quantize_activations (qgemm.cpp) computes them.
-static void range_params(const float* v, int64_t n, const I8ActQuant& q, float maxq, float* s, float* z) {
-  float lo = 0.f, hi = 0.f;
+// The three row operations of the activation quantizer, per ISA (scalar here, SIMD in the body):
+// lo/hi over a span (both start at 0), the codes of a span, and x * mul. Every ISA does the same
+// float operations (a division, an add, round-to-nearest-even, a clamp), so the codes agree bit
+// for bit with each other and with quantize_activations' fake-quant grid.
+struct RowOps {
+  void (*range)(const float* v, int64_t n, float* lo, float* hi);
+  int64_t (*codes)(const float* v, int64_t n, float s, float z, float maxq, int offset, int8_t* out);
+  void (*scale)(const float* v, const float* mul, int64_t n, float* out);
+};
+
+static void range_scalar(const float* v, int64_t n, float* lo, float* hi) {
   for (int64_t k = 0; k < n; ++k) {
-    lo = std::min(lo, v[k]);
-    hi = std::max(hi, v[k]);
+    *lo = std::min(*lo, v[k]);
+    *hi = std::max(*hi, v[k]);
   }
+}
+
+static int64_t codes_scalar(const float* v, int64_t n, float s, float z, float maxq, int offset, int8_t* out) {
+  int64_t sum = 0;
+  for (int64_t k = 0; k < n; ++k) {
+    const float c = std::min(std::max(std::nearbyint(v[k] / s + z), 0.f), maxq);
+    const int a = static_cast<int>(c) - offset;
+    out[k] = static_cast<int8_t>(a);
+    sum += a;
+  }
+  return sum;
+}
+
+static void scale_scalar(const float* v, const float* mul, int64_t n, float* out) {
+  for (int64_t k = 0; k < n; ++k) out[k] = v[k] * mul[k];
+}
+
+// The (scale, zero) of one range, as quantize_activations (qgemm.cpp) computes them.
+static void range_params(const RowOps& ops, const float* v, int64_t n, const I8ActQuant& q, float maxq, float* s,
+                         float* z) {
+  float lo = 0.f, hi = 0.f;
+  ops.range(v, n, &lo, &hi);
   if (q.symmetric) {
     const float half = static_cast<float>(1 << (q.bits - 1));
     *s = std::max(std::max(-lo, hi) / (half - 1.f), 1e-12f);
@@ -83,33 +113,27 @@ static void range_params(const float* v, int64_t n, const I8ActQuant& q, float m
   }
 }
 
-void quantize_activations_i8(const float* x, int64_t ldx, int64_t K, int64_t Kp, int64_t group_size, const float* mul,
-                             const I8ActQuant& q, int64_t m0, int64_t m1, int8_t* a, float* rowp) {
+static void quantize_rows(const RowOps& ops, const float* x, int64_t ldx, int64_t K, int64_t Kp, int64_t group_size,
+                          const float* mul, const I8ActQuant& q, int64_t m0, int64_t m1, int8_t* a, float* rowp) {
   const float maxq = static_cast<float>((1 << q.bits) - 1);
   const int64_t ng = Kp / group_size;
   std::vector<float> scaled(mul ? K : 0);
   for (int64_t m = m0; m < m1; ++m) {
     const float* row = x + m * ldx;
     if (mul) {
-      for (int64_t k = 0; k < K; ++k) scaled[k] = row[k] * mul[k];
+      ops.scale(row, mul, K, scaled.data());
       row = scaled.data();
     }
     float s = q.scale, z = q.zero;
-    if (q.range == ActRange::Token) range_params(row, K, q, maxq, &s, &z);
+    if (q.range == ActRange::Token) range_params(ops, row, K, q, maxq, &s, &z);
     for (int64_t g = 0; g < ng; ++g) {
       const int64_t k0 = g * group_size, k1 = std::min(K, k0 + group_size);
-      if (q.range == ActRange::Group) range_params(row + k0, std::max<int64_t>(k1 - k0, 0), q, maxq, &s, &z);
+      if (q.range == ActRange::Group) range_params(ops, row + k0, std::max<int64_t>(k1 - k0, 0), q, maxq, &s, &z);
       // a = q - offset must fit int8: the zero itself where the grid allows, else 128.
       const float offset = (z <= 128.f && maxq - z <= 127.f) ? z : 128.f;
       const int ioff = static_cast<int>(offset);
       int8_t* ar = a + m * Kp;
-      int64_t sum = 0;
-      for (int64_t k = k0; k < k1; ++k) {
-        const float c = std::min(std::max(std::nearbyint(row[k] / s + z), 0.f), maxq);
-        const int v = static_cast<int>(c) - ioff;
-        ar[k] = static_cast<int8_t>(v);
-        sum += v;
-      }
+      int64_t sum = k1 > k0 ? ops.codes(row + k0, k1 - k0, s, z, maxq, ioff, ar + k0) : 0;
       const int pad = static_cast<int>(z) - ioff;  // columns past K hold x = 0, whose code is z
       for (int64_t k = std::max(k0, k1); k < k0 + group_size; ++k) {
         ar[k] = static_cast<int8_t>(pad);
@@ -243,9 +267,23 @@ static inline vf fcvt(vi v) { return _mm512_cvtepi32_ps(v); }
 static inline vf fmul(vf a, vf b) { return _mm512_mul_ps(a, b); }
 static inline vf fadd(vf a, vf b) { return _mm512_add_ps(a, b); }
 static inline vf fnmadd(vf a, vf b, vf c) { return _mm512_fnmadd_ps(a, b, c); }
+static inline vf fdiv(vf a, vf b) { return _mm512_div_ps(a, b); }
+static inline vf fmin(vf a, vf b) { return _mm512_min_ps(a, b); }
+static inline vf fmax(vf a, vf b) { return _mm512_max_ps(a, b); }
+static inline vf fround(vf a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+static inline float fhmin(vf a) { return _mm512_reduce_min_ps(a); }
+static inline float fhmax(vf a) { return _mm512_reduce_max_ps(a); }
+static inline vi ftoi(vf a) { return _mm512_cvtps_epi32(a); }
+static inline vi vsub32(vi a, vi b) { return _mm512_sub_epi32(a, b); }
+static inline vi vadd32(vi a, vi b) { return _mm512_add_epi32(a, b); }
+static inline vi vset32(int v) { return _mm512_set1_epi32(v); }
+static inline int64_t vhsum32(vi a) { return _mm512_reduce_add_epi32(a); }
+static inline void store_i8(int8_t* p, vi v) { _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm512_cvtepi32_epi8(v)); }
 static constexpr int kDirectCols(int) { return 4; }
 static constexpr int kPanelRows = 4, kPanelCols = 4;
+#define QUASR_I8_ROW_OPS 1
 #include "qgemm_i8_body.inc"
+#undef QUASR_I8_ROW_OPS
 }  // namespace avx512bw
 #pragma GCC diagnostic pop
 #pragma GCC pop_options
@@ -291,9 +329,41 @@ static inline vf fcvt(vi v) { return _mm256_cvtepi32_ps(v); }
 static inline vf fmul(vf a, vf b) { return _mm256_mul_ps(a, b); }
 static inline vf fadd(vf a, vf b) { return _mm256_add_ps(a, b); }
 static inline vf fnmadd(vf a, vf b, vf c) { return _mm256_fnmadd_ps(a, b, c); }
+static inline vf fdiv(vf a, vf b) { return _mm256_div_ps(a, b); }
+static inline vf fmin(vf a, vf b) { return _mm256_min_ps(a, b); }
+static inline vf fmax(vf a, vf b) { return _mm256_max_ps(a, b); }
+static inline vf fround(vf a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+static inline float fhmin(vf a) {
+  alignas(32) float t[8];
+  _mm256_store_ps(t, a);
+  return *std::min_element(t, t + 8);
+}
+static inline float fhmax(vf a) {
+  alignas(32) float t[8];
+  _mm256_store_ps(t, a);
+  return *std::max_element(t, t + 8);
+}
+static inline vi ftoi(vf a) { return _mm256_cvtps_epi32(a); }
+static inline vi vsub32(vi a, vi b) { return _mm256_sub_epi32(a, b); }
+static inline vi vadd32(vi a, vi b) { return _mm256_add_epi32(a, b); }
+static inline vi vset32(int v) { return _mm256_set1_epi32(v); }
+static inline int64_t vhsum32(vi a) {
+  alignas(32) int32_t t[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(t), a);
+  int64_t s = 0;
+  for (int32_t v : t) s += v;
+  return s;
+}
+static inline void store_i8(int8_t* p, vi v) {  // 8 int32 in [-128, 127] -> 8 bytes (the packs cannot saturate)
+  const __m256i w = _mm256_packs_epi16(_mm256_packs_epi32(v, v), _mm256_setzero_si256());
+  _mm_storel_epi64(reinterpret_cast<__m128i*>(p),
+                   _mm_unpacklo_epi32(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1)));
+}
 static constexpr int kDirectCols(int rows) { return rows == 1 ? 4 : rows == 2 ? 2 : 1; }
 static constexpr int kPanelRows = 4, kPanelCols = 1;
+#define QUASR_I8_ROW_OPS 1
 #include "qgemm_i8_body.inc"
+#undef QUASR_I8_ROW_OPS
 }  // namespace avx2
 #pragma GCC pop_options
 #endif
@@ -328,6 +398,18 @@ const char* isa_name(Isa isa) {
 
 int64_t i8_scratch_bytes(Isa isa, const I8Layout& w, int64_t M) {
   return isa == Isa::Scalar || M <= 4 ? 0 : 64 * w.Kp;
+}
+
+void quantize_activations_i8(Isa isa, const float* x, int64_t ldx, int64_t K, int64_t Kp, int64_t group_size,
+                             const float* mul, const I8ActQuant& q, int64_t m0, int64_t m1, int8_t* a, float* rowp) {
+  RowOps ops{range_scalar, codes_scalar, scale_scalar};
+#if QUASR_I8_X86
+  if (isa == Isa::Avx512Vnni || isa == Isa::Avx512Bw) ops = {avx512bw::range, avx512bw::codes, avx512bw::scale};
+  if (isa == Isa::Avx2) ops = {avx2::range, avx2::codes, avx2::scale};
+#else
+  (void)isa;
+#endif
+  quantize_rows(ops, x, ldx, K, Kp, group_size, mul, q, m0, m1, a, rowp);
 }
 
 void qgemm_i8_chunks(Isa isa, const I8Layout& w, const I8Acts& x, const float* bias, float* y, int64_t c0, int64_t c1,

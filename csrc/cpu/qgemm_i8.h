@@ -68,9 +68,9 @@ struct I8ActQuant {
 };
 
 // Rows [m0, m1) of x[M, K] (row stride ldx, float) times `mul` (per-channel, or nullptr) quantized
-// into a[M, Kp] (zero codes past K) and rowp. Same float operations as quantize_activations, so the
-// codes are those of the fake-quant path (ranges.py / grid.py).
-void quantize_activations_i8(const float* x, int64_t ldx, int64_t K, int64_t Kp, int64_t group_size, const float* mul,
+// into a[M, Kp] (zero codes past K) and rowp, with `isa`'s vector instructions. Same float
+// operations as quantize_activations, so the codes are those of the fake-quant path (grid.py).
+void quantize_activations_i8(Isa isa, const float* x, int64_t ldx, int64_t K, int64_t Kp, int64_t group_size, const float* mul,
                              const I8ActQuant& q, int64_t m0, int64_t m1, int8_t* a, float* rowp);
 
 // Bytes of per-thread scratch the GEMM needs (the decoded panel of one chunk for large M).

@@ -240,7 +240,20 @@ void check_qgemm_i8(std::mt19937& rng) {
             const quasr::I8ActQuant q{8, mode == 1, mode == 1 ? quasr::ActRange::Group : quasr::ActRange::Token, 0.f, 0.f};
             std::vector<int8_t> a(M * Kp);
             std::vector<float> rowp(M * (Kp / G) * 3);
-            quasr::quantize_activations_i8(x.data(), K, K, Kp, G, nullptr, q, 0, M, a.data(), rowp.data());
+            std::vector<int8_t> a_scalar(M * Kp);
+            std::vector<float> rowp_scalar(M * (Kp / G) * 3);
+            quasr::quantize_activations_i8(quasr::Isa::Scalar, x.data(), K, K, Kp, G, nullptr, q, 0, M,
+                                           a_scalar.data(), rowp_scalar.data());
+            for (int isa = 0; isa <= static_cast<int>(quasr::best_isa()); ++isa) {
+              quasr::quantize_activations_i8(static_cast<quasr::Isa>(isa), x.data(), K, K, Kp, G, nullptr, q, 0, M,
+                                             a.data(), rowp.data());
+              ++checks;
+              if (a != a_scalar || rowp != rowp_scalar) {
+                ++failures;
+                std::printf("FAIL quantize_activations_i8 %s differs from the scalar codes (b%d g%lld mode %d)\n",
+                            quasr::isa_name(static_cast<quasr::Isa>(isa)), bits, (long long)G, mode);
+              }
+            }
             bool zp = false;
             for (size_t i = 2; i < rowp.size(); i += 3) zp = zp || rowp[i] != 0.f;
             const quasr::I8Acts acts{a.data(), rowp.data(), M, zp};
