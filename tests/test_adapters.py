@@ -129,3 +129,22 @@ def test_contract_on_real_models(name, package, speech_dir):
     from quasr.evaluate import word_error_rate
 
     assert word_error_rate([c.text for c in clips], texts)[0] < 25  # calibration transcripts are real transcripts
+
+
+def test_cached_suppress_tokens_match_transformers():
+    """Whisper's suppressions with masks built once give transformers' scores at every step."""
+    from transformers import SuppressTokensAtBeginLogitsProcessor, SuppressTokensLogitsProcessor
+
+    from quasr.adapters.whisper import CachedSuppressTokens
+
+    always, begin = [1, 5, 7, 100, 99999], [3, 5, 119]
+    ours = CachedSuppressTokens(always, begin)
+    theirs = [SuppressTokensAtBeginLogitsProcessor(begin, begin_index=4), SuppressTokensLogitsProcessor(always)]
+    gen = torch.Generator().manual_seed(0)
+    for step in range(4, 8):  # the first call is the first generated step (begin_index)
+        ids = torch.zeros(2, step, dtype=torch.long)
+        scores = torch.randn(2, 120, generator=gen)
+        want = scores
+        for p in theirs:
+            want = p(ids, want)
+        assert torch.equal(ours(ids, scores), want)

@@ -2,8 +2,39 @@
 
 from __future__ import annotations
 
+import torch
+from transformers import LogitsProcessor, LogitsProcessorList
+
 from .base import Seq2SeqAdapter, register
 from ..audio import SAMPLE_RATE
+
+
+class CachedSuppressTokens(LogitsProcessor):
+    """transformers' SuppressTokensLogitsProcessor and SuppressTokensAtBeginLogitsProcessor (scores of
+    `always` set to -inf at every step, of `at_begin` at the first generated step) with their masks
+    built once per generate call: transformers' run torch.isin over the whole vocabulary at every
+    step, two sorts of 51864 entries that cost more than whisper-tiny's decoder matmuls at batch 1.
+    The first call is the first generated step (the decoder prompt's length is Whisper's begin_index)."""
+
+    def __init__(self, always, at_begin):
+        self.always, self.at_begin = list(always or ()), list(at_begin or ())
+        self.masks, self.begin_length = None, None
+
+    def _mask(self, ids, vocab, device):
+        mask = torch.zeros(vocab, dtype=torch.bool, device=device)
+        valid = [i for i in ids if 0 <= i < vocab]  # ids outside the vocabulary match nothing (as torch.isin)
+        mask[valid] = True
+        return mask
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        vocab = scores.shape[-1]
+        if self.masks is None or self.masks[0].shape[0] != vocab or self.masks[0].device != scores.device:
+            always = self._mask(self.always, vocab, scores.device)
+            self.masks = (always, always | self._mask(self.at_begin, vocab, scores.device))
+        if self.begin_length is None:
+            self.begin_length = input_ids.shape[-1]
+        return scores.masked_fill(self.masks[1] if input_ids.shape[-1] == self.begin_length else self.masks[0],
+                                  -float("inf"))
 
 
 @register
@@ -27,4 +58,9 @@ class WhisperAdapter(Seq2SeqAdapter):
         return {"input_features": feats.to(self.dtype)}
 
     def generate_kwargs(self, language):
-        return {"language": language, "task": "transcribe"} if language and self.is_multilingual() else {}
+        kwargs = {"language": language, "task": "transcribe"} if language and self.is_multilingual() else {}
+        gc = self.model.generation_config
+        if getattr(gc, "suppress_tokens", None) or getattr(gc, "begin_suppress_tokens", None):
+            kwargs.update(suppress_tokens=None, begin_suppress_tokens=None, logits_processor=LogitsProcessorList(
+                [CachedSuppressTokens(gc.suppress_tokens, gc.begin_suppress_tokens)]))
+        return kwargs
