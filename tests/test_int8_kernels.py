@@ -8,23 +8,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quasr import ops
-from quasr.format import PackedWeight, pack_codes, resolve_group_size, unpack_codes
+from quasr.format import PackedWeight, pack_codes, unpack_codes
 from quasr.kernels import BACKENDS
 from quasr.kernels.dispatch import choose, forced
 from quasr.kernels.reference import ActQuant
+from test_kernels import random_packed
 
 pytestmark = pytest.mark.skipif(not ops.NATIVE_CPU, reason="native extension not built")
 CPU = BACKENDS["cpu"]
 ISAS = CPU.int8_isas() if ops.NATIVE_CPU else ()
 PARTS = {8: (8,), 7: (4, 2, 1), 6: (4, 2), 5: (4, 1), 4: (4,), 3: (2, 1), 2: (2,)}
-
-
-def random_packed(n, k, bits, group, sym, gen):
-    g, kp = resolve_group_size(group, k)
-    codes = torch.randint(0, 1 << bits, (n, kp), generator=gen)
-    scales = (torch.rand(n, kp // g, generator=gen) * 0.05 + 0.001).half()
-    zeros = None if sym else (torch.rand(n, kp // g, generator=gen) * ((1 << bits) - 1)).half()
-    return PackedWeight(pack_codes(codes, bits), scales, zeros, bits, g, k)
 
 
 def decode_layout(layout, bits, n, kp, g):

@@ -196,33 +196,9 @@ static void run_scalar(const I8Layout& w, const I8Acts& x, const float* bias, fl
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 namespace avx512vnni {
-using vi = __m512i;
-using vf = __m512;
-static constexpr int VB = 64, FL = 16;
-static inline vi vload(const void* p) { return _mm512_loadu_si512(p); }
-static inline void vstore(void* p, vi v) { _mm512_storeu_si512(p, v); }
-static inline vi vzero() { return _mm512_setzero_si512(); }
-static inline vi vand(vi a, vi b) { return _mm512_and_si512(a, b); }
-static inline vi vor(vi a, vi b) { return _mm512_or_si512(a, b); }
-static inline vi vset8(char c) { return _mm512_set1_epi8(c); }
-static inline vi vsrl16(vi a, int n) { return _mm512_srli_epi16(a, n); }
-static inline vi vsll16(vi a, int n) { return _mm512_slli_epi16(a, n); }
-static inline vi vbcast32(const int8_t* p) {
-  int32_t v;
-  std::memcpy(&v, p, 4);
-  return _mm512_set1_epi32(v);
-}
+#include "qgemm_i8_avx512.inc"
 template <bool BIG>
 static inline vi vdot(vi acc, vi w, vi a) { return _mm512_dpbusd_epi32(acc, w, a); }
-static inline vf fload(const float* p) { return _mm512_loadu_ps(p); }
-static inline void fstore(float* p, vf v) { _mm512_storeu_ps(p, v); }
-static inline vf fset1(float v) { return _mm512_set1_ps(v); }
-static inline vf fcvt(vi v) { return _mm512_cvtepi32_ps(v); }
-static inline vf fmul(vf a, vf b) { return _mm512_mul_ps(a, b); }
-static inline vf fadd(vf a, vf b) { return _mm512_add_ps(a, b); }
-static inline vf fnmadd(vf a, vf b, vf c) { return _mm512_fnmadd_ps(a, b, c); }
-static constexpr int kDirectCols(int) { return 4; }
-static constexpr int kPanelRows = 4, kPanelCols = 4;
 #include "qgemm_i8_body.inc"
 }  // namespace avx512vnni
 
@@ -230,22 +206,7 @@ static constexpr int kPanelRows = 4, kPanelCols = 4;
 // AVX-512BW without VNNI: vpmaddubsw (pairs into int16) + vpmaddwd (into int32).
 // ---------------------------------------------------------------------------------------------
 namespace avx512bw {
-using vi = __m512i;
-using vf = __m512;
-static constexpr int VB = 64, FL = 16;
-static inline vi vload(const void* p) { return _mm512_loadu_si512(p); }
-static inline void vstore(void* p, vi v) { _mm512_storeu_si512(p, v); }
-static inline vi vzero() { return _mm512_setzero_si512(); }
-static inline vi vand(vi a, vi b) { return _mm512_and_si512(a, b); }
-static inline vi vor(vi a, vi b) { return _mm512_or_si512(a, b); }
-static inline vi vset8(char c) { return _mm512_set1_epi8(c); }
-static inline vi vsrl16(vi a, int n) { return _mm512_srli_epi16(a, n); }
-static inline vi vsll16(vi a, int n) { return _mm512_slli_epi16(a, n); }
-static inline vi vbcast32(const int8_t* p) {
-  int32_t v;
-  std::memcpy(&v, p, 4);
-  return _mm512_set1_epi32(v);
-}
+#include "qgemm_i8_avx512.inc"
 // Codes above 127 would saturate vpmaddubsw's int16 pair sums (255 * 128 * 2): 8-bit codes are
 // split into nibbles, each summed on its own and recombined in int32.
 template <bool BIG>
@@ -260,27 +221,6 @@ static inline vi vdot(vi acc, vi w, vi a) {
     return _mm512_add_epi32(acc, _mm512_madd_epi16(_mm512_maddubs_epi16(w, a), ones));
   }
 }
-static inline vf fload(const float* p) { return _mm512_loadu_ps(p); }
-static inline void fstore(float* p, vf v) { _mm512_storeu_ps(p, v); }
-static inline vf fset1(float v) { return _mm512_set1_ps(v); }
-static inline vf fcvt(vi v) { return _mm512_cvtepi32_ps(v); }
-static inline vf fmul(vf a, vf b) { return _mm512_mul_ps(a, b); }
-static inline vf fadd(vf a, vf b) { return _mm512_add_ps(a, b); }
-static inline vf fnmadd(vf a, vf b, vf c) { return _mm512_fnmadd_ps(a, b, c); }
-static inline vf fdiv(vf a, vf b) { return _mm512_div_ps(a, b); }
-static inline vf fmin(vf a, vf b) { return _mm512_min_ps(a, b); }
-static inline vf fmax(vf a, vf b) { return _mm512_max_ps(a, b); }
-static inline vf fround(vf a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
-static inline float fhmin(vf a) { return _mm512_reduce_min_ps(a); }
-static inline float fhmax(vf a) { return _mm512_reduce_max_ps(a); }
-static inline vi ftoi(vf a) { return _mm512_cvtps_epi32(a); }
-static inline vi vsub32(vi a, vi b) { return _mm512_sub_epi32(a, b); }
-static inline vi vadd32(vi a, vi b) { return _mm512_add_epi32(a, b); }
-static inline vi vset32(int v) { return _mm512_set1_epi32(v); }
-static inline int64_t vhsum32(vi a) { return _mm512_reduce_add_epi32(a); }
-static inline void store_i8(int8_t* p, vi v) { _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm512_cvtepi32_epi8(v)); }
-static constexpr int kDirectCols(int) { return 4; }
-static constexpr int kPanelRows = 4, kPanelCols = 4;
 #define QUASR_I8_ROW_OPS 1
 #include "qgemm_i8_body.inc"
 #undef QUASR_I8_ROW_OPS
