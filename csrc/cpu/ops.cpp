@@ -114,26 +114,35 @@ at::Tensor qlinear_cpu(const at::Tensor& x, const at::Tensor& packed, const at::
   return y.view(out_shape).to(x.scalar_type());
 }
 
-// Dense float [N, in_features] weight from the packed format (native twin of format.dequantize).
-at::Tensor dequantize_cpu(const at::Tensor& packed, const at::Tensor& scales, const std::optional<at::Tensor>& zeros,
-                          int64_t bits, int64_t group_size, int64_t in_features) {
-  TORCH_CHECK(bits >= 2 && bits <= 8 && packed.dim() == 2 && packed.scalar_type() == at::kByte,
-              "quasr::dequantize: packed must be uint8 [N, Kp*bits/8] and bits 2..8");
+quasr::QGemmArgs canonical_args(const at::Tensor& packed, const at::Tensor& scales, const at::Tensor& zeros,
+                                int64_t bits, int64_t group_size, const char* op) {
+  TORCH_CHECK(bits >= 2 && bits <= 8 && packed.dim() == 2 && packed.scalar_type() == at::kByte && packed.is_cpu(),
+              op, ": packed must be a CPU uint8 [N, Kp*bits/8] tensor and bits 2..8");
   const int64_t N = packed.size(0), Kp = packed.size(1) * 8 / bits;
-  TORCH_CHECK(group_size > 0 && Kp % group_size == 0 && Kp % 32 == 0 && in_features <= Kp,
-              "quasr::dequantize: bad group_size/in_features");
-  TORCH_CHECK(scales.scalar_type() == at::kHalf && scales.numel() == N * (Kp / group_size), "quasr::dequantize: bad scales");
-  at::Tensor packed_c = packed.contiguous(), scales_c = scales.contiguous();
-  at::Tensor zeros_c = zeros.has_value() ? zeros->contiguous() : at::Tensor();
-  at::Tensor out = at::empty({N, Kp}, packed.options().dtype(at::kFloat));
+  TORCH_CHECK(group_size > 0 && Kp % group_size == 0 && Kp % 32 == 0 && group_size % 32 == 0, op,
+              ": bad group_size ", group_size, " for padded K ", Kp);
+  TORCH_CHECK(scales.scalar_type() == at::kHalf && scales.numel() == N * (Kp / group_size), op, ": bad scales");
+  if (zeros.defined()) TORCH_CHECK(zeros.scalar_type() == at::kHalf && zeros.numel() == scales.numel(), op, ": bad zeros");
   quasr::QGemmArgs args{};
-  args.packed = packed_c.data_ptr<uint8_t>();
-  args.scales = reinterpret_cast<const uint16_t*>(scales_c.data_ptr<at::Half>());
-  args.zeros = zeros_c.defined() ? reinterpret_cast<const uint16_t*>(zeros_c.data_ptr<at::Half>()) : nullptr;
+  args.packed = packed.data_ptr<uint8_t>();
+  args.scales = reinterpret_cast<const uint16_t*>(scales.data_ptr<at::Half>());
+  args.zeros = zeros.defined() ? reinterpret_cast<const uint16_t*>(zeros.data_ptr<at::Half>()) : nullptr;
   args.N = N;
   args.Kp = Kp;
   args.group_size = group_size;
   args.bits = static_cast<int>(bits);
+  return args;
+}
+
+// Dense float [N, in_features] weight from the packed format (native twin of format.dequantize).
+at::Tensor dequantize_cpu(const at::Tensor& packed, const at::Tensor& scales, const std::optional<at::Tensor>& zeros,
+                          int64_t bits, int64_t group_size, int64_t in_features) {
+  at::Tensor packed_c = packed.contiguous(), scales_c = scales.contiguous();
+  at::Tensor zeros_c = zeros.has_value() ? zeros->contiguous() : at::Tensor();
+  const quasr::QGemmArgs args = canonical_args(packed_c, scales_c, zeros_c, bits, group_size, "quasr::dequantize");
+  const int64_t N = args.N, Kp = args.Kp;
+  TORCH_CHECK(in_features > 0 && in_features <= Kp, "quasr::dequantize: in_features ", in_features, " > padded K ", Kp);
+  at::Tensor out = at::empty({N, Kp}, packed.options().dtype(at::kFloat));
   float* op = out.data_ptr<float>();
   at::parallel_for(0, N, 16, [&](int64_t b, int64_t e) { quasr::dequantize_rows(args, b, e, op + b * Kp); });
   return Kp == in_features ? out : out.narrow(1, 0, in_features);
@@ -208,26 +217,6 @@ at::Tensor rotate_cpu(const at::Tensor& x, const std::optional<at::Tensor>& sign
 bool cpu_has_avx2() { return quasr::cpu_has_avx2_fma(); }
 
 int64_t best_isa() { return static_cast<int64_t>(quasr::best_isa()); }
-
-quasr::QGemmArgs canonical_args(const at::Tensor& packed, const at::Tensor& scales, const at::Tensor& zeros,
-                                int64_t bits, int64_t group_size, const char* op) {
-  TORCH_CHECK(bits >= 2 && bits <= 8 && packed.dim() == 2 && packed.scalar_type() == at::kByte && packed.is_cpu(),
-              op, ": packed must be a CPU uint8 [N, Kp*bits/8] tensor and bits 2..8");
-  const int64_t N = packed.size(0), Kp = packed.size(1) * 8 / bits;
-  TORCH_CHECK(group_size > 0 && Kp % group_size == 0 && Kp % 32 == 0 && group_size % 32 == 0, op,
-              ": bad group_size ", group_size, " for padded K ", Kp);
-  TORCH_CHECK(scales.scalar_type() == at::kHalf && scales.numel() == N * (Kp / group_size), op, ": bad scales");
-  if (zeros.defined()) TORCH_CHECK(zeros.scalar_type() == at::kHalf && zeros.numel() == scales.numel(), op, ": bad zeros");
-  quasr::QGemmArgs args{};
-  args.packed = packed.data_ptr<uint8_t>();
-  args.scales = reinterpret_cast<const uint16_t*>(scales.data_ptr<at::Half>());
-  args.zeros = zeros.defined() ? reinterpret_cast<const uint16_t*>(zeros.data_ptr<at::Half>()) : nullptr;
-  args.N = N;
-  args.Kp = Kp;
-  args.group_size = group_size;
-  args.bits = static_cast<int>(bits);
-  return args;
-}
 
 // The i8 runtime layout (qgemm_i8.h) of a canonical packed weight: (codes uint8, params float32).
 std::tuple<at::Tensor, at::Tensor> repack_i8_cpu(const at::Tensor& packed, const at::Tensor& scales,

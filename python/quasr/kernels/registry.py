@@ -171,10 +171,9 @@ class NativeCPU(Backend):
                                  "(use gemv/gemm/blas for float activations)")
             if self.int8_supported(pw, act):
                 return self.qlinear_int8(x, pw, bias, input_mul, act, layout)
-            m = x.numel() // max(x.shape[-1], 1)
-            from .dispatch import GEMV_MAX_M, BLAS_MIN_M
+            from .dispatch import _default_path  # the float path the dispatcher's default rule picks
 
-            path = ("gemv" if m <= GEMV_MAX_M else "gemm" if m < BLAS_MIN_M else "blas") if self.has_avx2() else "scalar"
+            path = _default_path(self.name, x.numel() // max(x.shape[-1], 1))
         return torch.ops.quasr.qlinear(
             x, pw.packed, pw.scales, pw.zeros, bias, pw.bits, pw.group_size, pw.in_features, self.PATH_IDS[path],
             input_mul, act.bits if act else 0, bool(act and act.symmetric), act.scale if act else 0.0,
