@@ -382,9 +382,14 @@ class Seq2SeqAdapter(ModelAdapter):
     def make_calibration_batch(self, waves, language):
         ids = self.generate(waves, language)
         inputs = self.preprocess(waves)
-        pad = self.model.generation_config.pad_token_id
-        valid = (ids != pad) if pad is not None else torch.ones_like(ids, dtype=torch.bool)
-        valid[:, 0] = True  # the start token may equal pad
+        gc = self.model.generation_config
+        if gc.eos_token_id is not None:  # every token up to and including the first end token counts
+            ends = torch.isin(ids, torch.tensor(gc.eos_token_id, device=ids.device).reshape(-1))
+            ends[:, 0] = False  # the start token may equal the end token
+            valid = (ends.long().cumsum(1) - ends.long()) == 0
+        else:
+            valid = (ids != gc.pad_token_id) if gc.pad_token_id is not None else torch.ones_like(ids, dtype=torch.bool)
+            valid[:, 0] = True
         inputs.update(decoder_input_ids=ids, decoder_attention_mask=valid.long())
         # position t predicts token t+1 of the model's own transcript
         targets = torch.cat([ids[:, 1:], torch.zeros_like(ids[:, :1])], 1)

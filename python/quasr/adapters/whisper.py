@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
+from . import whisper_greedy
 from .base import Seq2SeqAdapter, register
 from ..audio import SAMPLE_RATE
 
@@ -57,10 +60,33 @@ class WhisperAdapter(Seq2SeqAdapter):
         feats = self.processor.feature_extractor(waves, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
         return {"input_features": feats.to(self.dtype)}
 
-    def generate_kwargs(self, language):
-        kwargs = {"language": language, "task": "transcribe"} if language and self.is_multilingual() else {}
+    # greedy decoding through whisper_greedy (the same tokens as transformers' generate, less
+    # overhead per token); False, or QUASR_LEAN_DECODE=0, decodes with transformers' generate
+    lean_decoding = os.environ.get("QUASR_LEAN_DECODE", "1") != "0"
+
+    def _suppressor(self):
         gc = self.model.generation_config
         if getattr(gc, "suppress_tokens", None) or getattr(gc, "begin_suppress_tokens", None):
-            kwargs.update(suppress_tokens=None, begin_suppress_tokens=None, logits_processor=LogitsProcessorList(
-                [CachedSuppressTokens(gc.suppress_tokens, gc.begin_suppress_tokens)]))
+            return CachedSuppressTokens(gc.suppress_tokens, gc.begin_suppress_tokens)
+        return None
+
+    def generate_kwargs(self, language):
+        kwargs = {"language": language, "task": "transcribe"} if language and self.is_multilingual() else {}
+        suppress = self._suppressor()
+        if suppress is not None:
+            kwargs.update(suppress_tokens=None, begin_suppress_tokens=None, logits_processor=LogitsProcessorList([suppress]))
         return kwargs
+
+    def generate(self, waves, language=None):
+        """Greedy token ids. The lean loop returns the decoder prompt, the transcript and the end token
+        (then padding); transformers' generate, used where the lean loop does not apply, returns the
+        transcript tokens only."""
+        if not self.lean_decoding or whisper_greedy.supports(self.model) is not None:
+            return super().generate(waves, language)
+        inputs = self.preprocess(waves)
+        with torch.no_grad():
+            states = self.model.get_encoder()(inputs["input_features"]).last_hidden_state
+            multilingual = bool(language) and self.is_multilingual()
+            prompt = whisper_greedy.prompt_ids(self.model, states, language if multilingual else None,
+                                               "transcribe" if multilingual else None)
+            return whisper_greedy.WhisperGreedy(self.model)(states, prompt, self.max_new_tokens(waves), self._suppressor())
