@@ -187,8 +187,27 @@ def _quantize_to_budget(model, processor, args):
 
 def _summary(label: str, r: dict) -> str:
     wer = "n/a" if r.get("wer") is None else f"{r['wer']:.2f}%"
-    return (f"{label:<22} WER {wer:>7}  size {r['size_mb']:7.2f} MB  avg bits {r['avg_bits']:5.2f}  "
+    line = (f"{label:<22} WER {wer:>7}  size {r['size_mb']:7.2f} MB  avg bits {r['avg_bits']:5.2f}  "
             f"{r['n_clips']} clips  {r['seconds']:.1f} s  RTF {r['rtf']:.3f}")
+    faults = _fault_lines(r)
+    return line + ("\n" + faults if faults else "")
+
+
+def _fault_lines(r: dict) -> str:
+    """'stopped early' / 'looped' counts against the labels and against the float transcripts."""
+    def counts(f):
+        ids = f["truncated"][:5] + f["looped"][:5]
+        return (f"{f['n_truncated']} stopped early, {f['n_looped']} looped of {f['n_judged']} clips"
+                + (f" ({', '.join(dict.fromkeys(ids))}{', ...' if f['n_truncated'] + f['n_looped'] > len(ids) else ''})"
+                   if ids else ""))
+    lines = []
+    if "faults" in r:
+        lines.append(f"  against the labels: {counts(r['faults'])}")
+    if "vs_float" in r:
+        v = r["vs_float"]
+        dis = "n/a" if v["wer"] is None else f"{v['wer']:.2f}%"
+        lines.append(f"  against the float model's transcripts: {dis} word disagreement, {counts(v)}")
+    return "\n".join(lines)
 
 
 def _refuse_quantized(model, name: str) -> None:
@@ -220,6 +239,12 @@ def cmd_quantize(args) -> int:
     with target as stage:  # locked; the folder appears only when everything in it is written
         model, processor = load_model(args.model, device=args.device)
         _refuse_quantized(model, args.model)
+        float_hyps = None
+        if eval_clips and args.eval_float:  # the float model's transcripts, to judge the quantized ones by
+            from .evaluate import transcribe
+
+            float_hyps = transcribe(model, processor, [c.waveform() for c in eval_clips], args.eval_language,
+                                    args.batch_size, sys.stderr.isatty())
         start = time.perf_counter()
         mixed = args.budget_mb is not None or args.avg_bits is not None
         if mixed:
@@ -244,8 +269,10 @@ def cmd_quantize(args) -> int:
     if eval_clips:
         from .evaluate import evaluate
 
-        r = evaluate(model, processor, eval_clips, args.eval_language, args.batch_size, progress=sys.stderr.isatty())
+        r = evaluate(model, processor, eval_clips, args.eval_language, args.batch_size, progress=sys.stderr.isatty(),
+                     against=float_hyps)
         out.update(wer=r["wer"], n_eval_clips=r["n_clips"], n_scored=r["n_scored"])
+        out.update({k: r[k] for k in ("faults", "vs_float") if k in r})
     if args.json:
         print(json.dumps(out))
     else:
@@ -259,6 +286,8 @@ def cmd_quantize(args) -> int:
             wer = "n/a (no transcripts)" if out["wer"] is None else f"{out['wer']:.2f}% on {out['n_scored']} clips"
             line += f", WER {wer}"
         print(line + f" ({out['seconds']:.1f} s)")
+        if args.eval:
+            print(_fault_lines(out))
     return 0
 
 
@@ -271,13 +300,45 @@ def _load_data(args):
     return load_clips(data, args.language, args.limit)
 
 
+def _float_transcripts(args, clips) -> list[str] | None:
+    """The float model's transcripts for `quasr eval --float` (None: no float model to compare with)."""
+    from .evaluate import transcribe
+    from .models import load_model
+
+    source = args.float_model
+    if source == "none":
+        return None
+    if source == "auto":
+        plan_file = Path(args.model) / "quasr_plan.json"
+        source = json.loads(plan_file.read_text()).get("source") if plan_file.is_file() else None
+        if not source:
+            return None
+        try:
+            model, processor = load_model(source, device=args.device)
+        except Exception as exc:  # auto: the source may have moved; say so and go on
+            print(f"quasr: note: not comparing with the float model {source!r} (it does not load: {exc}); "
+                  f"pass --float MODEL", file=sys.stderr)
+            return None
+    else:
+        model, processor = load_model(source, device=args.device)
+    from .nn import QuantConv1d, QuantLinear
+
+    if any(isinstance(m, (QuantLinear, QuantConv1d)) for m in model.modules()):
+        raise ValueError(f"--float {source}: that model is quantized; pass its float source (a built-in name, "
+                         f"HF folder or hub id), or --float none")
+    return transcribe(model, processor, [c.waveform() for c in clips], args.language, args.batch_size,
+                      sys.stderr.isatty())
+
+
 def cmd_eval(args) -> int:
     from .evaluate import evaluate
     from .models import load_model
 
     clips = _load_data(args)
+    float_hyps = _float_transcripts(args, clips)
     model, processor = load_model(args.model, device=args.device)
-    r = evaluate(model, processor, clips, args.language, args.batch_size, progress=sys.stderr.isatty())
+    r = evaluate(model, processor, clips, args.language, args.batch_size, progress=sys.stderr.isatty(),
+                 against=float_hyps)
     if not args.transcripts:
         r.pop("transcripts")
     r["model"] = args.model
@@ -436,6 +497,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval", default=None, help="also measure WER on this data (manifest, folder or hf:...)")
     p.add_argument("--eval-language", default=None)
     p.add_argument("--eval-limit", type=_positive_int, default=None)
+    p.add_argument("--eval-float", action=argparse.BooleanOptionalAction, default=True,
+                   help="with --eval, also transcribe the clips with the float model first and report the "
+                        "quantized model's disagreement, early stops and loops against it (default on)")
     p.add_argument("--batch-size", type=_positive_int, default=8)
     _add_device_arg(p)
     p.add_argument("--json", action="store_true")
@@ -446,6 +510,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     data_args(p)
     p.add_argument("--transcripts", action="store_true", help="include per-clip transcripts in --json output")
+    p.add_argument("--float", dest="float_model", default="auto", metavar="MODEL",
+                   help="a float model to judge the transcripts against (disagreement, early stops, loops): "
+                        "auto (default) = a quantized directory's recorded source, if it loads; none = skip")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("transcribe", help="transcribe audio files")

@@ -78,8 +78,11 @@ def machine_description(device: torch.device | str | None = None) -> str:
 
 
 def evaluate(model, processor, clips: list[Clip], language: str | None = None, batch_size: int = 8,
-             progress: bool = True) -> dict:
-    """WER on clips with transcripts, plus size, wall time and real-time factor."""
+             progress: bool = True, against: list[str] | None = None) -> dict:
+    """WER on clips with transcripts, plus size, wall time and real-time factor, and the clips whose
+    transcript stopped early or looped (`faults`, against the labels). `against`: the float
+    model's transcripts of the same clips; then `vs_float` has the word error rate against them
+    (disagreement) and the faults judged against them (every clip, labelled or not)."""
     waves = [c.waveform() for c in tqdm(clips, desc="loading audio", disable=not progress, leave=False)]
     audio_seconds = sum(len(w) for w in waves) / SAMPLE_RATE
     from .metrics import EfficiencyCounter
@@ -106,8 +109,21 @@ def evaluate(model, processor, clips: list[Clip], language: str | None = None, b
         "machine": machine_description(next(model.parameters()).device),
         **counter.counts.per_second(audio_seconds),
     }
+    from .faults import summarise
+
+    norm = normalizer(language)
     if labelled:
         wer, n_words, skipped = word_error_rate([r for r, _ in labelled], [h for _, h in labelled], language)
         result.update(wer=wer, n_scored=len(labelled) - skipped, n_words=n_words)
-    result["transcripts"] = [{"id": c.id, "ref": c.text, "hyp": h} for c, h in zip(clips, hyps)]
+        result["faults"] = summarise([c.id for c in clips], [c.text for c in clips], hyps, norm)
+    if against is not None:
+        if len(against) != len(clips):
+            raise ValueError(f"{len(against)} float transcripts for {len(clips)} clips")
+        judged = [(r, h) for r, h in zip(against, hyps) if norm(r).strip()]
+        result["vs_float"] = {
+            "wer": word_error_rate([r for r, _ in judged], [h for _, h in judged], language)[0] if judged else None,
+            **summarise([c.id for c in clips], against, hyps, norm),
+        }
+    result["transcripts"] = [{"id": c.id, "ref": c.text, "hyp": h, **({"float": f} if against else {})}
+                             for c, h, f in zip(clips, hyps, against or [None] * len(clips))]
     return result
