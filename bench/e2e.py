@@ -45,7 +45,7 @@ SYSTEMS = ("ct2-int8", "ct2-fp32", "hf-fp32", "quasr", "ort", "whispercpp")
 # preset<b>: what `quasr quantize --bits b` makes (RTN, group 128, int8 activations per token and
 # group: the CLI's defaults); rtn:W4A16g128 is the same weights with float activations.
 DEFAULT_VARIANTS = "float,preset8,preset4,preset3,rtn:W4A16g128"
-FLOAT_LABEL = "transformers fp32 (quasr float)"
+FLOAT_LABEL = "transformers fp32 (its generate)"
 PAUSE_S = 0.25  # between timed runs: lets the previous runtime's spinning worker threads go idle
 
 
@@ -275,9 +275,13 @@ def build_systems(name: str, a, systems: set[str]) -> tuple[list[Engine], list[s
     engines, skipped = [], []
     lang = "en"
     variants = parse_variants(a.variants)
-    if "hf-fp32" in systems or ("quasr" in systems and ("float", "", None) in variants):
-        engines.append(Engine("hf-fp32", FLOAT_LABEL, lambda w, b: transcribe(base, processor, w, lang, b, False),
-                              param_bytes(base)))
+    if "hf-fp32" in systems:  # transformers' own generate, as its users run it
+        hf = get_adapter(base, processor)
+        hf.lean_decoding = False
+        engines.append(Engine("hf-fp32", FLOAT_LABEL, lambda w, b: hf.transcribe(w, lang, b), param_bytes(base)))
+    if "quasr" in systems and ("float", "", None) in variants and family == "whisper":  # fp32, quasr's greedy loop
+        engines.append(Engine("quasr", "quasr float (fp32 weights, lean greedy loop)",
+                              lambda w, b: transcribe(base, processor, w, lang, b, False), param_bytes(base)))
     if family == "whisper" and {"ct2-int8", "ct2-fp32"} & systems:
         folder = ct2_dir(name)
         for ct in ("int8", "fp32"):
