@@ -175,3 +175,38 @@ def test_module_makes_the_layout_only_for_quantized_activations():
     x = torch.randn(5, 96)
     want = ops.reference_qlinear(x, act.packed_weight(), act.bias, act=ActQuant(8, True, per_group=True))
     check(act(x), want)
+
+
+def test_module_binds_the_int8_call_and_rebinds_when_anything_changes(monkeypatch):
+    """A layer with dynamic int8 activations binds its kernel call once (ops.bound_qlinear); the
+    bound call gives the full path's output, and a changed override, ISA, device move or loaded state
+    dict makes a new one (or none)."""
+    from quasr.nn import QuantLinear
+    from quasr.quantize import rtn_quantize
+
+    gen = torch.Generator().manual_seed(3)
+    lin = torch.nn.Linear(96, 40)
+    layer = QuantLinear.from_float(lin, rtn_quantize(lin.weight.detach(), 4, 32))
+    layer.set_transforms(act={"act_bits": 8, "act_granularity": "group", "act_symmetric": True})
+    x = torch.randn(3, 96, generator=gen)
+    want = ops.reference_qlinear(x, layer.packed_weight(), layer.bias, act=ActQuant(8, True, per_group=True))
+    check(layer(x), want)
+    first = layer._bound[2]
+    assert first is not None and layer(x) is not None and layer._bound[2] is first  # reused
+    torch.testing.assert_close(first(x), layer._linear(x, layer.packed_weight(), layer.bias), rtol=0, atol=0)
+    with forced("cpu", "gemv"):  # an override: no bound call, the forced path runs
+        check(layer(x), want)
+        assert layer._bound[2] is None
+    monkeypatch.setenv("QUASR_CPU_ISA", ISAS[0])
+    check(layer(x), want)
+    assert layer._bound[2] not in (None, first)
+    monkeypatch.delenv("QUASR_CPU_ISA")
+    other = QuantLinear.from_float(torch.nn.Linear(96, 40), rtn_quantize(torch.randn(40, 96, generator=gen), 4, 32))
+    other.set_transforms(act={"act_bits": 8, "act_granularity": "group", "act_symmetric": True})
+    layer(x)
+    layer.load_state_dict(other.state_dict())  # same buffers, new values: the old layout must go
+    want = ops.reference_qlinear(x, other.packed_weight(), other.bias, act=ActQuant(8, True, per_group=True))
+    check(layer(x), want)
+    static = QuantLinear.from_float(lin, rtn_quantize(lin.weight.detach(), 4, 32))
+    static.set_transforms(act={"act_bits": 8, "act_granularity": "tensor"})
+    assert static._bound_call(x) is None  # static ranges take the full path

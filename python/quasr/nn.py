@@ -46,6 +46,7 @@ class RuntimeCache:
 
 def _clear_runtime(module, incompatible_keys) -> None:
     module._runtime.clear()
+    module._bound = None  # its call holds a layout made from the old values
 
 
 class _Packed(nn.Module):
@@ -99,6 +100,7 @@ class _Packed(nn.Module):
         self.register_buffer("act_qparams", None)
         self.act_bits, self.act_granularity, self.act_symmetric = 0, "token", False
         self._runtime = RuntimeCache()
+        self._bound = None  # (anchor, dispatch state, call) of ops.bound_qlinear
         self.register_load_state_dict_post_hook(_clear_runtime)
 
     def set_transforms(self, rotate: bool | str = False, smooth: bool = False, act: dict | None = None,
@@ -250,7 +252,28 @@ class QuantLinear(_Packed):
         return m
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        call = self._bound_call(x)
+        if call is not None:
+            return call(x)
         return self._linear(x, self.packed_weight(), self.bias)
+
+    def _bound_call(self, x: torch.Tensor):
+        """The kernel call with every argument but x bound (ops.bound_qlinear), for layers with
+        dynamic int8 activations and no rotation or shift; None: take the full path."""
+        b = self._buffers  # read directly: nn.Module's attribute lookup of a buffer costs a microsecond
+        if (not self.act_bits or b["rotation_signs"] is not None or b["input_shift"] is not None
+                or b["act_qparams"] is not None or x.shape[-1] != self.in_features or torch.compiler.is_compiling()):
+            return None
+        anchor = (b["packed"], b["scales"], b["zeros"], b["bias"], b["input_mul"], x.device)
+        state = ops.dispatch_state()
+        hit = self._bound
+        if (hit is not None and hit[1] == state and hit[0][5] == anchor[5]
+                and all(a is c for a, c in zip(hit[0][:5], anchor[:5]))):
+            return hit[2]
+        call = ops.bound_qlinear(self.packed_weight(), self.bias, self.input_mul, self.act_quant(), self._layouts(0),
+                                 x.device)
+        self._bound = (anchor, state, call)
+        return call
 
     def extra_repr(self) -> str:
         return (f"in={self.in_features}, out={self.out_features}, bits={self.bits}, group={self.group_size}, "

@@ -12,11 +12,14 @@ dispatcher choose).
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from .format import PackedWeight
 from .kernels import BACKENDS, choose, forced
-from .kernels.dispatch import backend_for, env_override
+from .kernels.dispatch import _FORCED, ENV, backend_for, env_override
+from .kernels.registry import ISA_ENV
 from .kernels.reference import ActQuant  # noqa: F401  (part of this module's API)
 from .kernels.reference import input_transform as reference_input_transform  # noqa: F401
 from .kernels.reference import qlinear as reference_qlinear  # noqa: F401
@@ -55,6 +58,28 @@ def qlinear(
     backend = BACKENDS[choice.backend]
     layout = layout_for(backend, pw) if layout_for is not None and backend.needs_layout(act) else None
     return backend.qlinear(x, pw, bias, input_mul, act, choice.path, layout)
+
+
+def dispatch_state() -> tuple:
+    """What a kernel choice depends on besides the call's shape: forced(), QUASR_KERNEL,
+    QUASR_REFERENCE and QUASR_CPU_ISA (a bound call made under one state is valid only under it)."""
+    env = os.environ
+    return (_FORCED.get(), env.get(ENV), env.get("QUASR_REFERENCE"), env.get(ISA_ENV))
+
+
+def bound_qlinear(pw: PackedWeight, bias, input_mul, act: ActQuant | None, layout_for, device: torch.device):
+    """`x -> qlinear(x, pw, bias, input_mul=..., act=...)` with everything but x decided now, where
+    the dispatcher's choice cannot depend on x's shape: the CPU's int8 path (one path for every M)
+    with no override set. None otherwise (the caller goes through `qlinear`). A packed module keeps
+    the result while its buffers and `dispatch_state()` stay the same: it saves the ~25 us of Python a
+    call costs on the way to the kernel, which at batch 1 is more than a 384-wide kernel takes."""
+    if device.type != "cpu" or act is None or any(v is not None for v in dispatch_state()[:3]):
+        return None
+    choice = choose(device, pw.bits, pw.group_size, 1, pw.packed.shape[0], pw.in_features, True)
+    backend = BACKENDS[choice.backend]
+    if (choice.backend, choice.path) != ("cpu", "int8") or not backend.int8_supported(pw, act):
+        return None
+    return backend.bound_int8(pw, bias, input_mul, act, layout_for(backend, pw))
 
 
 def dequantize_weight(pw: PackedWeight) -> torch.Tensor:

@@ -189,6 +189,19 @@ class NativeCPU(Backend):
             x, layout.codes, layout.params, bias, pw.bits, pw.group_size, pw.in_features, pw.out_features, input_mul,
             act.bits, self.ACT_RANGES[act_range], act.symmetric, act.scale, act.zero, isa_id)
 
+    def bound_int8(self, pw, bias, input_mul, act, layout):
+        """`x -> qlinear_int8(x, ...)` with the other arguments fixed (ops.bound_qlinear)."""
+        isa_id = self._isa_id(os.environ.get(ISA_ENV))
+        act_range = self.ACT_RANGES["tensor" if not act.dynamic else "group" if act.per_group else "token"]
+        op, codes, params = torch.ops.quasr_cpu.qlinear_i8, layout.codes, layout.params
+        k, n = pw.in_features, pw.out_features
+
+        def call(x):
+            return op(x, codes, params, bias, pw.bits, pw.group_size, k, n, input_mul, act.bits, act_range,
+                      act.symmetric, act.scale, act.zero, isa_id)
+
+        return call
+
     def dequantize(self, pw):
         return torch.ops.quasr.dequantize(pw.packed, pw.scales, pw.zeros, pw.bits, pw.group_size, pw.in_features)
 
