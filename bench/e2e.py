@@ -19,6 +19,7 @@ import argparse
 import copy
 import gc
 import os
+import re
 import shutil
 import statistics
 import struct
@@ -37,7 +38,7 @@ from quasr.audio import SAMPLE_RATE
 from quasr.data import default_data, load_clips
 from quasr.evaluate import transcribe, word_error_rate
 from quasr.methods import config_plan, get_method, quantize, with_activations
-from quasr.plan import uniform_plan
+from quasr.plan import DEFAULT_GROUP_SIZE, uniform_plan
 from quasr.models import BUILTIN, _builtin_files, _package_dir, load_model, quasr_cache
 from quasr.plan import model_size_bytes
 
@@ -241,7 +242,7 @@ def parse_variants(spec: str) -> list[tuple[str, str, str | None]]:
         parts = item.split(":")
         if parts == ["float"]:
             out.append(("float", "", None))
-        elif len(parts) == 1 and parts[0].startswith("preset") and parts[0][6:].isdigit():
+        elif len(parts) == 1 and re.fullmatch(r"preset\d(g\d+)?", parts[0]):  # preset4, preset4g64
             out.append(("preset", parts[0][6:], None))
         elif len(parts) in (2, 3):
             out.append((parts[0], parts[1], parts[2] if len(parts) == 3 else None))
@@ -253,8 +254,9 @@ def parse_variants(spec: str) -> list[tuple[str, str, str | None]]:
 def quantized(base, processor, method: str, config: str, granularity: str | None):
     """A quantized copy of the float model, calibration-free, as bench/edge_asr_latency.py builds it."""
     m = copy.deepcopy(base)
-    if method == "preset":  # the CLI's defaults for --bits N (python/quasr/cli.py)
-        plan = with_activations(uniform_plan(m, int(config), 128), 8, "group", True)
+    if method == "preset":  # the CLI's defaults for --bits N [--group-size G] (python/quasr/cli.py)
+        bits, _, group = config.partition("g")
+        plan = with_activations(uniform_plan(m, int(bits), int(group or DEFAULT_GROUP_SIZE)), 8, "group", True)
         quantize(get_adapter(m, processor), plan, None, get_method("rtn"), progress=False)
         return m
     opts = {"weights": "rtn"} if method == "quarot" else {}
@@ -313,7 +315,8 @@ def build_systems(name: str, a, systems: set[str]) -> tuple[list[Engine], list[s
         for method, config, gran in variants:
             if method == "float":
                 continue
-            label = (f"quasr --bits {config} (W{config} g128, int8 acts)" if method == "preset" else
+            bits, _, group = config.partition("g")
+            label = (f"quasr --bits {bits} (W{bits} g{group or DEFAULT_GROUP_SIZE}, int8 acts)" if method == "preset" else
                      f"quasr {method} {config}" + (f" act/{gran}" if gran else ""))
             try:
                 m = quantized(base, processor, method, config, gran)

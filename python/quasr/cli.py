@@ -13,6 +13,7 @@ from .allocation.allocate import ALLOCATIONS
 from .allocation.sensitivity import ERRORS, SCORES
 from .data import default_data
 from .methods import METHODS
+from .plan.schema import DEFAULT_GROUP_SIZE
 
 
 def _quiet_transformers() -> None:
@@ -70,7 +71,8 @@ def _out_dir(value: str) -> Path:
 
 def _add_quant_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bits", type=int, default=4, choices=range(2, 9), metavar="{2..8}", help="weight bits, 2-8 (default 4)")
-    p.add_argument("--group-size", type=_group, default=128, help="32, 64, 128 (default) or -1 for per-channel")
+    p.add_argument("--group-size", type=_group, default=DEFAULT_GROUP_SIZE,
+                   help=f"32, 64, 128 or -1 for per-channel (default {DEFAULT_GROUP_SIZE})")
     p.add_argument("--symmetric", action="store_true", help="symmetric quantization (default asymmetric)")
     p.add_argument("--method", default="rtn", choices=list(METHODS),
                    help="PTQ method (default rtn); all but rtn/hqq need --calib audio")

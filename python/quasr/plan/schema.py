@@ -17,6 +17,9 @@ from ..nn import QuantConv1d, QuantLinear
 from ..ranges import ACT_GRANULARITIES
 
 KEEP = "keep"
+# The weight group `quasr quantize --bits N` uses unless told (docs/RESULTS.md, "Which tensors a 4-bit
+# preset should widen").
+DEFAULT_GROUP_SIZE = 128
 # bits/group_size/symmetric: the weight; act_*: activation fake-quant at the layer's input (16/absent:
 # none); rotate/smooth: the layer has an online rotation (true: randomised Hadamard; "learned":
 # SpinQuant's learned factors) / a per-channel input multiply / a per-channel input shift (set by PTQ
