@@ -228,7 +228,7 @@ def test_omniquant_block_objective_beats_rtn_on_block_outputs(family, calibrated
 
     monkeypatch.setattr(OmniQuant, "quantize_block", spy)
     errors = {}
-    for method, options in (("rtn", {}), ("omniquant", {"objective": "block", "steps": 80, "let": True})):
+    for method, options in (("rtn", {}), ("omniquant", {"objective": "block", "steps": 160, "let": True})):
         model, proc = tiny_family(family)
         ad = get_adapter(model, proc)
         batches = calibrated[family]
