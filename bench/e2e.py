@@ -235,15 +235,16 @@ class WhisperCpp(WhisperAdapter):
 
 # -- building the systems --------------------------------------------------------------------------
 
-def parse_variants(spec: str) -> list[tuple[str, str, str | None]]:
-    """METHOD:CONFIG[:GRANULARITY] items (and "float") -> (method, config, granularity or None)."""
+def parse_variants(spec: str) -> list[tuple[str, str | tuple[int, int], str | None]]:
+    """METHOD:CONFIG[:GRANULARITY] items (and "float", "preset<bits>[g<group>]") -> (method, config or
+    (bits, group) for a preset, granularity or None)."""
     out = []
     for item in filter(None, spec.split(",")):
         parts = item.split(":")
         if parts == ["float"]:
             out.append(("float", "", None))
-        elif len(parts) == 1 and re.fullmatch(r"preset\d(g\d+)?", parts[0]):  # preset4, preset4g64
-            out.append(("preset", parts[0][6:], None))
+        elif len(parts) == 1 and (m := re.fullmatch(r"preset(\d)(?:g(\d+))?", parts[0])):  # preset4, preset4g64
+            out.append(("preset", (int(m[1]), int(m[2] or DEFAULT_GROUP_SIZE)), None))
         elif len(parts) in (2, 3):
             out.append((parts[0], parts[1], parts[2] if len(parts) == 3 else None))
         else:
@@ -251,12 +252,12 @@ def parse_variants(spec: str) -> list[tuple[str, str, str | None]]:
     return out
 
 
-def quantized(base, processor, method: str, config: str, granularity: str | None):
+def quantized(base, processor, method: str, config: str | tuple[int, int], granularity: str | None):
     """A quantized copy of the float model, calibration-free, as bench/edge_asr_latency.py builds it."""
     m = copy.deepcopy(base)
     if method == "preset":  # the CLI's defaults for --bits N [--group-size G] (python/quasr/cli.py)
-        bits, _, group = config.partition("g")
-        plan = with_activations(uniform_plan(m, int(bits), int(group or DEFAULT_GROUP_SIZE)), 8, "group", True)
+        bits, group = config
+        plan = with_activations(uniform_plan(m, bits, group), 8, "group", True)
         quantize(get_adapter(m, processor), plan, None, get_method("rtn"), progress=False)
         return m
     opts = {"weights": "rtn"} if method == "quarot" else {}
@@ -315,8 +316,7 @@ def build_systems(name: str, a, systems: set[str]) -> tuple[list[Engine], list[s
         for method, config, gran in variants:
             if method == "float":
                 continue
-            bits, _, group = config.partition("g")
-            label = (f"quasr --bits {bits} (W{bits} g{group or DEFAULT_GROUP_SIZE}, int8 acts)" if method == "preset" else
+            label = (f"quasr --bits {config[0]} (W{config[0]} g{config[1]}, int8 acts)" if method == "preset" else
                      f"quasr {method} {config}" + (f" act/{gran}" if gran else ""))
             try:
                 m = quantized(base, processor, method, config, gran)
