@@ -49,12 +49,30 @@ def write_quantized(model, processor, folder: str | Path, meta: dict | None = No
         state[k] = v.detach().cpu().contiguous()  # a model on a GPU saves like one on the CPU
     info = {"format_version": FORMAT_VERSION, "model_type": model.config.model_type, "plan": current_plan(model),
             "aliases": aliases, "sha256": {k: tensor_digest(v) for k, v in state.items()}, **(meta or {})}
-    save_file(state, str(out / "model.safetensors"), metadata={PLAN_DIGEST_KEY: json_digest(info)})
-    model.config.save_pretrained(out)
+    save_file(state, str(out / "model.safetensors"), metadata={PLAN_DIGEST_KEY: json_digest(info), "format": "pt"})
+    _save_config(model, out, info["plan"])
     if getattr(model, "generation_config", None) is not None:  # CTC models have none
         model.generation_config.save_pretrained(out)
     processor.save_pretrained(out)
     (out / "quasr_plan.json").write_text(json.dumps(info, indent=1))
+
+
+def _save_config(model, out: Path, plan: dict) -> None:
+    """config.json with what transformers' from_pretrained needs to load the packed model itself:
+    quantization_config (quasr's plan; see quasr.integrations) and the float dtype of the unquantized
+    tensors (else its dtype="auto" takes the first float tensor it meets, e.g. float16 scales)."""
+    from .integrations.transformers_quantizer import checkpoint_config
+
+    config = model.config
+    floats = [p.dtype for p in model.parameters() if p.is_floating_point()]
+    saved = {k: getattr(config, k, None) for k in ("quantization_config", "dtype")}
+    config.quantization_config = checkpoint_config(plan)
+    config.dtype = floats[0] if floats else saved["dtype"]
+    try:
+        config.save_pretrained(out)
+    finally:  # the in-memory model may be changed after saving; its config does not hold a stale plan
+        for k, v in saved.items():
+            setattr(config, k, v)
 
 
 def _read_plan(path: Path) -> dict:
@@ -154,6 +172,11 @@ def load_quantized(path: str | Path):
         model_class = adapter_class(config.model_type).model_class()
     except ValueError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
+    written = getattr(config, "quantization_config", None)  # format 2 saves since quasr 0.1.0 carry it
+    written = written.get("plan") if isinstance(written, dict) else getattr(written, "plan", None)
+    if written is not None and json_digest(written) != json_digest(info["plan"]):
+        raise CheckpointError(f"{path}: config.json's quantization_config and quasr_plan.json hold different plans: "
+                              f"one was edited; re-create the checkpoint")
     with torch.device("meta"):
         model = model_class(config)
     try:
