@@ -348,6 +348,24 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    """A model for another runtime; today whisper.cpp's ggml file (python/quasr/export/ggml.py)."""
+    from .export import export_ggml
+    from .models import load_model
+    from .plan import model_size_bytes
+
+    out = Path(args.out)
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder: give the model file to write, e.g. {out / 'ggml-model.bin'}")
+    if out.exists() and not args.overwrite:
+        raise ValueError(f"--out {out} exists: pass --overwrite to replace it")
+    model, processor = load_model(args.model)
+    report = export_ggml(model, processor, out, args.ggml_type)
+    print(f"{out}: {args.model} ({model_size_bytes(model) / 1e6:.2f} MB in quasr)")
+    print("\n".join(report.lines()))
+    return 0
+
+
 def cmd_transcribe(args) -> int:
     from .audio import load_audio
     from .evaluate import transcribe
@@ -565,6 +583,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ray", default=None, metavar="ADDRESS",
                    help="run cells as Ray tasks on this cluster ('local' starts one here); needs quasr[ray]")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("export", help="write a model for another runtime: whisper.cpp's model file (--format ggml)")
+    p.add_argument("model", help="a quasr checkpoint (or a float model), built-in name or folder")
+    p.add_argument("--format", required=True, choices=["ggml"], help="ggml: whisper.cpp's model file (Whisper only)")
+    p.add_argument("--out", required=True, help="the file to write")
+    p.add_argument("--ggml-type", default=None, choices=["q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "f16"],
+                   help="the one type whisper.cpp stores every weight matrix in (default: the smallest that holds "
+                        "every quantized layer's codes exactly)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("info", help="versions, kernel backends, and what the dispatcher picks for a model's layers")
     p.add_argument("model", nargs="?", default=None, help="a quantized model: list each layer's kernel choice")
