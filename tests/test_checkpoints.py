@@ -45,6 +45,10 @@ def _rewrite(folder, info=None, state=None):
     info["sha256"] = {k: tensor_digest(v) for k, v in state.items()}
     save_file(state, str(folder / "model.safetensors"), metadata={"quasr_plan_sha256": json_digest(info)})
     (folder / "quasr_plan.json").write_text(json.dumps(info))
+    config = json.loads((folder / "config.json").read_text())
+    if "quantization_config" in config:  # the plan is also in config.json, for transformers' loader
+        config["quantization_config"]["plan"] = info["plan"]
+        (folder / "config.json").write_text(json.dumps(config))
 
 
 # -- all-or-nothing outputs ----------------------------------------------------------------------

@@ -115,9 +115,9 @@ def test_edited_plan_or_tampered_tensor_is_refused(tmp_path):
     edited = json.loads(json.dumps(config))
     edited["quantization_config"]["plan"]["layers"]["model.encoder.layers.1.fc1"]["symmetric"] = True
     config_file.write_text(json.dumps(edited))
-    with pytest.raises(CheckpointError, match="different plans"):
+    with pytest.raises(CheckpointError, match="holds a different plan"):
         AutoModelForSpeechSeq2Seq.from_pretrained(out)
-    with pytest.raises(CheckpointError, match="different plans"):
+    with pytest.raises(CheckpointError, match="holds a different plan"):
         load_model(str(out))
     config_file.write_text(json.dumps(config))
 

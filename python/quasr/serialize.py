@@ -50,11 +50,33 @@ def write_quantized(model, processor, folder: str | Path, meta: dict | None = No
     info = {"format_version": FORMAT_VERSION, "model_type": model.config.model_type, "plan": current_plan(model),
             "aliases": aliases, "sha256": {k: tensor_digest(v) for k, v in state.items()}, **(meta or {})}
     save_file(state, str(out / "model.safetensors"), metadata={PLAN_DIGEST_KEY: json_digest(info), "format": "pt"})
+    _sort_safetensors_metadata(out / "model.safetensors")
     _save_config(model, out, info["plan"])
     if getattr(model, "generation_config", None) is not None:  # CTC models have none
         model.generation_config.save_pretrained(out)
     processor.save_pretrained(out)
     (out / "quasr_plan.json").write_text(json.dumps(info, indent=1))
+
+
+def _sort_safetensors_metadata(file: Path) -> None:
+    """Rewrite the header's metadata with its keys sorted, in place: safetensors writes them in hash
+    order, which differs from run to run, so two saves of one model would not be the same bytes.
+    The header is JSON (8-byte little-endian length, then the text); only the order changes, never
+    the length, so the tensor data does not move."""
+    with open(file, "r+b") as f:
+        length = int.from_bytes(f.read(8), "little")
+        raw = f.read(length)
+        text = raw.rstrip(b" ")
+        header = json.loads(text, object_pairs_hook=lambda pairs: dict(pairs))
+        meta = header.get("__metadata__")
+        if not meta or list(meta) == sorted(meta):
+            return
+        header["__metadata__"] = dict(sorted(meta.items()))
+        new = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(new) != len(text) or json.loads(new) != json.loads(text):
+            return  # a serialisation quasr does not reproduce byte for byte: leave the file as written
+        f.seek(8)
+        f.write(new + raw[len(text):])
 
 
 def _save_config(model, out: Path, plan: dict) -> None:
@@ -164,6 +186,7 @@ def load_quantized(path: str | Path):
 
     path = Path(path)
     info = _read_plan(path)
+    state = _read_state(path, info)  # first: an edited plan is named as such before it is used
     try:
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -174,16 +197,15 @@ def load_quantized(path: str | Path):
         raise CheckpointError(f"{path}: {exc}") from None
     written = getattr(config, "quantization_config", None)  # format 2 saves since quasr 0.1.0 carry it
     written = written.get("plan") if isinstance(written, dict) else getattr(written, "plan", None)
-    if written is not None and json_digest(written) != json_digest(info["plan"]):
-        raise CheckpointError(f"{path}: config.json's quantization_config and quasr_plan.json hold different plans: "
-                              f"one was edited; re-create the checkpoint")
+    if written is not None and json_digest(written) != json_digest(info["plan"]):  # the plan itself matched the tensors
+        raise CheckpointError(f"{path}: config.json's quantization_config holds a different plan from quasr_plan.json "
+                              f"(which matches the stored tensors): config.json was edited; re-create the checkpoint")
     with torch.device("meta"):
         model = model_class(config)
     try:
         empty_swap(model, info["plan"])
     except (ValueError, KeyError) as exc:
         raise CheckpointError(f"{path}: plan does not fit the model config: {exc}") from None
-    state = _read_state(path, info)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

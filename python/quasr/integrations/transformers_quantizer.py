@@ -183,13 +183,13 @@ def _stored_digests(files: list[str], plan: dict) -> tuple[dict[str, str], dict[
         header = f.metadata() or {}
     if (folder / "quasr_plan.json").exists():
         info = _read_plan(folder)
+        if "sha256" in info and header.get(PLAN_DIGEST_KEY) != json_digest(info):
+            raise CheckpointError(f"{folder}: quasr_plan.json does not belong to model.safetensors (its digest "
+                                  f"differs from the one stored with the tensors): it was edited or comes from another save")
         if json_digest(info["plan"]) != json_digest(plan):
-            raise CheckpointError(f"{folder}: config.json's quantization_config and quasr_plan.json hold different "
-                                  f"plans: one was edited; re-create the checkpoint")
+            raise CheckpointError(f"{folder}: config.json's quantization_config holds a different plan from "
+                                  f"quasr_plan.json: one was edited; re-create the checkpoint")
         if "sha256" in info:
-            if header.get(PLAN_DIGEST_KEY) != json_digest(info):
-                raise CheckpointError(f"{folder}: quasr_plan.json does not belong to model.safetensors (its digest "
-                                      f"differs from the one stored with the tensors)")
             return info["sha256"], info.get("aliases", {})
     digests = {}
     for file in files:
