@@ -7,6 +7,8 @@ Systems (one row each, per model and batch size):
   quasr                the --variants METHOD:CONFIG[:GRANULARITY], quantized as bench/edge_asr_latency.py does
   ort                  Moonshine only: ONNX Runtime on moonshine-cpp's shipped int8 .ort graphs
   whispercpp           Whisper only: whisper.cpp (pywhispercpp) on a ggml f16 file written from the same weights
+  whispercpp-q         whisper.cpp's own q5_0 and q8_0 of the same float weights (ggml's reference rounding)
+  quasr-ggml           each quasr variant exported with `quasr export --format ggml`, run in whisper.cpp
 Every system runs under quasr's adapter `transcribe` (long audio split at pauses, clips sorted by
 length and batched), with the same features (Whisper: WhisperFeatureExtractor log-mels; Moonshine:
 the raw waveform), greedy decoding and quasr's token cap (`Seq2SeqAdapter.max_new_tokens`).
@@ -22,7 +24,6 @@ import os
 import re
 import shutil
 import statistics
-import struct
 import sys
 import time
 from pathlib import Path
@@ -42,7 +43,7 @@ from quasr.plan import DEFAULT_GROUP_SIZE, uniform_plan
 from quasr.models import BUILTIN, _builtin_files, _package_dir, load_model, quasr_cache
 from quasr.plan import model_size_bytes
 
-SYSTEMS = ("ct2-int8", "ct2-fp32", "hf-fp32", "quasr", "ort", "whispercpp")
+SYSTEMS = ("ct2-int8", "ct2-fp32", "hf-fp32", "quasr", "ort", "whispercpp", "whispercpp-q", "quasr-ggml")
 # preset<b>: what `quasr quantize --bits b` makes (RTN, group 128, int8 activations per token and
 # group: the CLI's defaults); rtn:W4A16g128 is the same weights with float activations.
 DEFAULT_VARIANTS = "float,preset8,preset4,preset3,rtn:W4A16g128"
@@ -165,49 +166,16 @@ class OrtMoonshine(MoonshineAdapter):
 
 # -- whisper.cpp -----------------------------------------------------------------------------------
 
-GGML_NAMES = [("model.", ""), ("encoder.layers.", "encoder.blocks."), ("decoder.layers.", "decoder.blocks."),
-              ("self_attn_layer_norm", "attn_ln"), ("encoder_attn_layer_norm", "cross_attn_ln"),
-              ("final_layer_norm", "mlp_ln"), ("self_attn.", "attn."), ("encoder_attn.", "cross_attn."),
-              ("q_proj", "query"), ("k_proj", "key"), ("v_proj", "value"), ("out_proj", "out"), ("fc1", "mlp.0"),
-              ("fc2", "mlp.2"), ("encoder.layer_norm", "encoder.ln_post"), ("decoder.layer_norm", "decoder.ln"),
-              ("embed_positions.weight", "positional_embedding"), ("embed_tokens", "token_embedding")]
+def ggml_file(name: str, model, processor, kind: str | None = "f16", tag: str | None = None) -> Path:
+    """A whisper.cpp model file of `model` (quasr.export.export_ggml), written once under quasr's
+    cache: kind f16 / q5_0 / q8_0 from the float weights is whisper.cpp's own conversion and
+    quantization (ggml's reference rounding); kind None for a quasr model keeps its codes."""
+    from quasr.export import export_ggml
 
-
-def ggml_file(name: str, model, processor) -> Path:
-    """A whisper.cpp ggml f16 file of the same weights (whisper.cpp's convert-pt-to-ggml layout),
-    written once under quasr's cache."""
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-
-    dest = quasr_cache() / "ggml" / f"{name}-f16.bin"
-    if dest.exists():
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    c, tok = model.config, processor.tokenizer
-    mel = np.ascontiguousarray(processor.feature_extractor.mel_filters.T, np.float32)  # (n_mels, n_fft/2+1)
-    byte_of = {u: b for b, u in bytes_to_unicode().items()}
-    tokens = tok.convert_ids_to_tokens(list(range(tok.convert_tokens_to_ids("<|endoftext|>"))))  # text tokens only
-    with open(dest.with_suffix(".tmp"), "wb") as f:
-        f.write(struct.pack("12i", 0x67676D6C, c.vocab_size, c.max_source_positions, c.d_model,
-                            c.encoder_attention_heads, c.encoder_layers, c.max_target_positions, c.d_model,
-                            c.decoder_attention_heads, c.decoder_layers, c.num_mel_bins, 1))
-        f.write(struct.pack("2i", *mel.shape) + mel.tobytes())
-        f.write(struct.pack("i", len(tokens)))
-        for t in tokens:
-            raw = bytes(byte_of[ch] for ch in t)
-            f.write(struct.pack("i", len(raw)) + raw)
-        for key, v in model.model.state_dict().items():
-            gname = key
-            for a, b in GGML_NAMES:
-                gname = gname.replace(a, b)
-            v = v.detach().float().numpy()
-            conv_bias = gname in ("encoder.conv1.bias", "encoder.conv2.bias")
-            v = v.reshape(-1, 1) if conv_bias else v
-            f16 = v.ndim >= 2 and not conv_bias and "positional" not in gname
-            v = v.astype(np.float16 if f16 else np.float32)
-            raw_name = gname.encode()
-            f.write(struct.pack(f"{3 + v.ndim}i", v.ndim, len(raw_name), int(f16), *reversed(v.shape)))
-            f.write(raw_name + v.tobytes())
-    os.replace(dest.with_suffix(".tmp"), dest)
+    dest = quasr_cache() / "ggml" / f"{name}-{tag or kind}.bin"
+    if tag is not None or not dest.exists():  # a quasr variant is rewritten: its codes depend on quasr's code
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        export_ggml(model, processor, dest, kind)
     return dest
 
 
@@ -236,7 +204,7 @@ class WhisperCpp(WhisperAdapter):
 # -- building the systems --------------------------------------------------------------------------
 
 def parse_variants(spec: str) -> list[tuple[str, str | tuple[int, int], str | None]]:
-    """METHOD:CONFIG[:GRANULARITY] items (and "float", "preset<bits>[g<group>]") -> (method, config or
+    """METHOD:CONFIG[:GRANULARITY] items (and "float", "preset<bits>[g<group>]", "mixed45") -> (method, config or
     (bits, group) for a preset, granularity or None)."""
     out = []
     for item in filter(None, spec.split(",")):
@@ -245,6 +213,8 @@ def parse_variants(spec: str) -> list[tuple[str, str | tuple[int, int], str | No
             out.append(("float", "", None))
         elif len(parts) == 1 and (m := re.fullmatch(r"preset(\d)(?:g(\d+))?", parts[0])):  # preset4, preset4g64
             out.append(("preset", (int(m[1]), int(m[2] or DEFAULT_GROUP_SIZE)), None))
+        elif parts == ["mixed45"]:
+            out.append(("mixed45", "", None))
         elif len(parts) in (2, 3):
             out.append((parts[0], parts[1], parts[2] if len(parts) == 3 else None))
         else:
@@ -258,6 +228,13 @@ def quantized(base, processor, method: str, config: str | tuple[int, int], granu
     if method == "preset":  # the CLI's defaults for --bits N [--group-size G] (python/quasr/cli.py)
         bits, group = config
         plan = with_activations(uniform_plan(m, bits, group), 8, "group", True)
+        quantize(get_adapter(m, processor), plan, None, get_method("rtn"), progress=False)
+        return m
+    if method == "mixed45":  # a fixed mixed plan: RTN W4 g128, the decoder's fc2 layers and its first layer at 5 bits
+        plan = uniform_plan(m, 4, DEFAULT_GROUP_SIZE)
+        for name, spec in plan["layers"].items():
+            if name.startswith("model.decoder.layers.") and (name.endswith(".fc2") or ".layers.0." in name):
+                plan["layers"][name] = dict(spec, bits=5)
         quantize(get_adapter(m, processor), plan, None, get_method("rtn"), progress=False)
         return m
     opts = {"weights": "rtn"} if method == "quarot" else {}
@@ -312,19 +289,33 @@ def build_systems(name: str, a, systems: set[str]) -> tuple[list[Engine], list[s
                                   lambda w, b, e=e: e.transcribe(w, lang, 1), ggml.stat().st_size))
         except Exception as exc:  # optional peer: a missing wheel or a refused file is a row, not a crash
             skipped.append(f"whisper.cpp: skipped: {type(exc).__name__}: {exc}")
-    if "quasr" in systems:
+    if family == "whisper" and "whispercpp-q" in systems:
+        for kind in ("q5_0", "q8_0"):
+            path = ggml_file(name, base, processor, kind)
+            e = WhisperCpp(path, a.threads, processor, get_adapter(base, processor).is_multilingual())
+            engines.append(Engine("whispercpp", f"whisper.cpp {kind} (its quantization of the float weights)",
+                                  lambda w, b, e=e: e.transcribe(w, lang, 1), path.stat().st_size))
+    if {"quasr", "quasr-ggml"} & systems:
         for method, config, gran in variants:
             if method == "float":
                 continue
             label = (f"quasr --bits {config[0]} (W{config[0]} g{config[1]}, int8 acts)" if method == "preset" else
+                     "quasr mixed 4/5-bit (W4 g128, decoder fc2 + layer 0 at 5)" if method == "mixed45" else
                      f"quasr {method} {config}" + (f" act/{gran}" if gran else ""))
             try:
                 m = quantized(base, processor, method, config, gran)
             except Exception as exc:
                 skipped.append(f"{label}: skipped: {type(exc).__name__}: {str(exc).splitlines()[0]}")
                 continue
-            engines.append(Engine("quasr", label, lambda w, b, m=m: transcribe(m, processor, w, lang, b, False),
-                                  model_size_bytes(m)))
+            if "quasr" in systems:
+                engines.append(Engine("quasr", label, lambda w, b, m=m: transcribe(m, processor, w, lang, b, False),
+                                      model_size_bytes(m)))
+            if "quasr-ggml" in systems and family == "whisper":
+                tag = re.sub(r"[^A-Za-z0-9]+", "_", label).strip("_")
+                path = ggml_file(name, m, processor, None, tag)
+                e = WhisperCpp(path, a.threads, processor, get_adapter(base, processor).is_multilingual())
+                engines.append(Engine("whispercpp", f"{label} -> whisper.cpp", lambda w, b, e=e: e.transcribe(w, lang, 1),
+                                      path.stat().st_size))
     return engines, skipped
 
 

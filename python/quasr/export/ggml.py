@@ -261,23 +261,11 @@ def choose_type(model, forced: str | None = None) -> str:
     return "q8_0"
 
 
-def _byte_level_alphabet() -> dict[int, str]:
-    """GPT-2's byte-level BPE alphabet (byte -> the printable character standing for it), which
-    Whisper's tokenizer uses; transformers 5 no longer exports it."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    table, extra = {}, 0
-    for b in range(256):
-        if b in printable:
-            table[b] = chr(b)
-        else:
-            table[b] = chr(256 + extra)
-            extra += 1
-    return table
-
-
 def _vocab_bytes(tokenizer) -> list[bytes]:
     """The byte strings of the regular tokens, ids 0.. up to the first special token."""
-    decoder = {u: b for b, u in _byte_level_alphabet().items()}
+    from transformers.convert_slow_tokenizer import bytes_to_unicode  # GPT-2's byte-level alphabet
+
+    decoder = {u: b for b, u in bytes_to_unicode().items()}
     special = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
     first = min(special) if special else len(tokenizer)
     tokens = tokenizer.convert_ids_to_tokens(list(range(first)))
