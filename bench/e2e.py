@@ -9,6 +9,10 @@ Systems (one row each, per model and batch size):
   whispercpp           Whisper only: whisper.cpp (pywhispercpp) on a ggml f16 file written from the same weights
   whispercpp-q         whisper.cpp's own q5_0 and q8_0 of the same float weights (ggml's reference rounding)
   quasr-ggml           each quasr variant exported with `quasr export --format ggml`, run in whisper.cpp
+  ort-q                Whisper only: the float model exported with `quasr export --format onnx`, then ONNX
+                       Runtime's own MatMulNBitsQuantizer (4-bit, block 32 and 128, accuracy_level 4) over it;
+                       run by quasr.export.OnnxModel (the float export is a row too)
+  quasr-onnx           each quasr variant exported with `quasr export --format onnx`, run in onnxruntime
 Every system runs under quasr's adapter `transcribe` (long audio split at pauses, clips sorted by
 length and batched), with the same features (Whisper: WhisperFeatureExtractor log-mels; Moonshine:
 the raw waveform), greedy decoding and quasr's token cap (`Seq2SeqAdapter.max_new_tokens`).
@@ -43,7 +47,8 @@ from quasr.plan import DEFAULT_GROUP_SIZE, uniform_plan
 from quasr.models import BUILTIN, _builtin_files, _package_dir, load_model, quasr_cache
 from quasr.plan import model_size_bytes
 
-SYSTEMS = ("ct2-int8", "ct2-fp32", "hf-fp32", "quasr", "ort", "whispercpp", "whispercpp-q", "quasr-ggml")
+SYSTEMS = ("ct2-int8", "ct2-fp32", "hf-fp32", "quasr", "ort", "whispercpp", "whispercpp-q", "quasr-ggml", "ort-q",
+           "quasr-onnx")
 # preset<b>: what `quasr quantize --bits b` makes (RTN, group 128, int8 activations per token and
 # group: the CLI's defaults); rtn:W4A16g128 is the same weights with float activations.
 DEFAULT_VARIANTS = "float,preset8,preset4,preset3,rtn:W4A16g128"
@@ -179,6 +184,32 @@ def ggml_file(name: str, model, processor, kind: str | None = "f16", tag: str | 
     return dest
 
 
+# -- ONNX Runtime on quasr's exports ----------------------------------------------------------------
+
+def onnx_folder(name: str, model, processor, tag: str) -> Path:
+    """`quasr export --format onnx` of `model` under quasr's cache (rewritten each run)."""
+    from quasr.export import export_onnx
+
+    dest = quasr_cache() / "onnx" / f"{name}-{tag}"
+    export_onnx(model, processor, dest, overwrite=True)
+    return dest
+
+
+def ort_quantized_folder(float_folder: Path, block: int) -> Path:
+    """ONNX Runtime's own 4-bit MatMulNBits quantization of a float export (its MatMulNBitsQuantizer,
+    asymmetric, accuracy_level 4: its int8-activation kernel), as a copy of the folder."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    dest = float_folder.with_name(f"{float_folder.name}-ortq4b{block}")
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(float_folder, dest)
+    for graph in ("encoder.onnx", "decoder.onnx"):
+        q = MatMulNBitsQuantizer(str(dest / graph), bits=4, block_size=block, is_symmetric=False, accuracy_level=4)
+        q.process()
+        q.model.save_model_to_file(str(dest / graph), use_external_data_format=False)
+    return dest
+
+
 class WhisperCpp(WhisperAdapter):
     """quasr's Whisper adapter with pywhispercpp decoding (greedy, no temperature fallback, no
     timestamps); whisper.cpp has no batch API, so a batch runs its clips one by one."""
@@ -295,7 +326,16 @@ def build_systems(name: str, a, systems: set[str]) -> tuple[list[Engine], list[s
             e = WhisperCpp(path, a.threads, processor, get_adapter(base, processor).is_multilingual())
             engines.append(Engine("whispercpp", f"whisper.cpp {kind} (its quantization of the float weights)",
                                   lambda w, b, e=e: e.transcribe(w, lang, 1), path.stat().st_size))
-    if {"quasr", "quasr-ggml"} & systems:
+    if family == "whisper" and "ort-q" in systems:
+        from quasr.export import OnnxModel
+
+        float_onnx = onnx_folder(name, base, processor, "float")
+        for label, folder in [("ONNX Runtime fp32 (quasr's export of the float model)", float_onnx)] + [
+                (f"ONNX Runtime's own 4-bit (MatMulNBitsQuantizer, block {blk}, int8 acts)",
+                 ort_quantized_folder(float_onnx, blk)) for blk in (32, 128)]:
+            e = OnnxModel(folder, threads=a.threads)
+            engines.append(Engine("ort", label, lambda w, b, e=e: e.transcribe(w, lang, b), e.size_bytes()))
+    if {"quasr", "quasr-ggml", "quasr-onnx"} & systems:
         for method, config, gran in variants:
             if method == "float":
                 continue
@@ -316,6 +356,13 @@ def build_systems(name: str, a, systems: set[str]) -> tuple[list[Engine], list[s
                 e = WhisperCpp(path, a.threads, processor, get_adapter(base, processor).is_multilingual())
                 engines.append(Engine("whispercpp", f"{label} -> whisper.cpp", lambda w, b, e=e: e.transcribe(w, lang, 1),
                                       path.stat().st_size))
+            if "quasr-onnx" in systems and family == "whisper":
+                from quasr.export import OnnxModel
+
+                tag = re.sub(r"[^A-Za-z0-9]+", "_", label).strip("_")
+                e = OnnxModel(onnx_folder(name, m, processor, tag), threads=a.threads)
+                engines.append(Engine("ort", f"{label} -> ONNX Runtime", lambda w, b, e=e: e.transcribe(w, lang, b),
+                                      e.size_bytes()))
     return engines, skipped
 
 

@@ -349,18 +349,30 @@ def cmd_eval(args) -> int:
 
 
 def cmd_export(args) -> int:
-    """A model for another runtime; today whisper.cpp's ggml file (python/quasr/export/ggml.py)."""
-    from .export import export_ggml
+    """A model for another runtime: whisper.cpp's ggml file (export/ggml.py) or ONNX Runtime graphs (export/onnx.py)."""
     from .models import load_model
     from .plan import model_size_bytes
 
     out = Path(args.out)
-    if out.is_dir():
-        raise ValueError(f"--out {out} is a folder: give the model file to write, e.g. {out / 'ggml-model.bin'}")
-    if out.exists() and not args.overwrite:
-        raise ValueError(f"--out {out} exists: pass --overwrite to replace it")
+    if args.format == "ggml":
+        if args.accuracy_level is not None:
+            raise ValueError("--accuracy-level is for --format onnx (MatMulNBits); whisper.cpp has no such setting")
+        if out.is_dir():
+            raise ValueError(f"--out {out} is a folder: give the model file to write, e.g. {out / 'ggml-model.bin'}")
+        if out.exists() and not args.overwrite:
+            raise ValueError(f"--out {out} exists: pass --overwrite to replace it")
+    elif args.ggml_type is not None:
+        raise ValueError("--ggml-type is for --format ggml; an ONNX export keeps each layer's own bits (see --help)")
     model, processor = load_model(args.model)
-    report = export_ggml(model, processor, out, args.ggml_type)
+    if args.format == "ggml":
+        from .export import export_ggml
+
+        report = export_ggml(model, processor, out, args.ggml_type)
+    else:
+        from .export import export_onnx
+
+        level = args.accuracy_level or "auto"
+        report = export_onnx(model, processor, out, level if level == "auto" else int(level), overwrite=args.overwrite)
     print(f"{out}: {args.model} ({model_size_bytes(model) / 1e6:.2f} MB in quasr)")
     print("\n".join(report.lines()))
     return 0
@@ -584,13 +596,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run cells as Ray tasks on this cluster ('local' starts one here); needs quasr[ray]")
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("export", help="write a model for another runtime: whisper.cpp's model file (--format ggml)")
+    p = sub.add_parser("export", help="write a model for another runtime: whisper.cpp's model file (--format ggml) "
+                                      "or ONNX Runtime graphs with MatMulNBits layers (--format onnx)")
     p.add_argument("model", help="a quasr checkpoint (or a float model), built-in name or folder")
-    p.add_argument("--format", required=True, choices=["ggml"], help="ggml: whisper.cpp's model file (Whisper only)")
-    p.add_argument("--out", required=True, help="the file to write")
+    p.add_argument("--format", required=True, choices=["ggml", "onnx"],
+                   help="ggml: whisper.cpp's model file (Whisper only); onnx: a folder of ONNX graphs (Whisper, Moonshine: "
+                        "encoder and decoder with KV cache; Wav2Vec2: one graph) that quasr.export.OnnxModel runs")
+    p.add_argument("--out", required=True, help="the file (ggml) or folder (onnx) to write")
     p.add_argument("--ggml-type", default=None, choices=["q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "f16"],
                    help="the one type whisper.cpp stores every weight matrix in (default: the smallest that holds "
                         "every quantized layer's codes exactly)")
+    p.add_argument("--accuracy-level", default=None, choices=["auto", "0", "1", "2", "3", "4"],
+                   help="MatMulNBits' accuracy_level for every layer (onnx; 4: ORT's int8-activation kernel, 0: float); "
+                        "default auto: 4 where quasr runs the layer with int8 activations, else 0")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=cmd_export)
 

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 # Files whose presence marks a folder as quasr's own output (safe to replace as a whole).
-QUASR_MARKERS = ("quasr_plan.json",)
+QUASR_MARKERS = ("quasr_plan.json", "quasr_onnx.json")
 
 
 class OutputError(ValueError):
