@@ -45,6 +45,26 @@ def read_manifest(folder: str | Path) -> dict:
     return info
 
 
+def greedy(step, prompt: torch.Tensor, past: np.ndarray, total: int, eos: int, pad: int, suppress=None) -> torch.Tensor:
+    """Greedy decoding over a decoder graph: `step(ids, past) -> (logits, present)` fed the prompt, then
+    one token at a time; (B, total) ids at most, prompt included, a finished row padded, as
+    whisper_greedy and transformers' generate return them. `suppress(ids, scores)` masks logits."""
+    ids, feed = prompt, prompt.numpy()
+    unfinished = torch.ones(prompt.shape[0], dtype=torch.bool)
+    while ids.shape[1] < total:
+        logits, past = step(feed, past)
+        scores = torch.from_numpy(logits)
+        if suppress is not None:
+            scores = suppress(ids, scores)
+        nxt = torch.where(unfinished, scores.argmax(-1), pad)
+        ids = torch.cat([ids, nxt[:, None]], 1)
+        unfinished &= nxt != eos
+        feed = nxt[:, None].numpy()
+        if not bool(unfinished.any()):
+            break
+    return ids
+
+
 class _WhisperOnnx(WhisperAdapter):
     """WhisperAdapter whose generate runs encoder.onnx and decoder.onnx (whisper_greedy's loop)."""
 
@@ -90,21 +110,7 @@ class _WhisperOnnx(WhisperAdapter):
         eos = gc.eos_token_id
         pad = gc.pad_token_id if gc.pad_token_id is not None else eos
         total = min(prompt.shape[1] + self.max_new_tokens(waves), self.model.config.max_target_positions)
-        suppress = self._suppressor()
-        ids, step, past = prompt, prompt.numpy(), self._past(b)
-        unfinished = torch.ones(b, dtype=torch.bool)
-        while ids.shape[1] < total:
-            logits, past = self._step(step, past)
-            scores = torch.from_numpy(logits)
-            if suppress is not None:
-                scores = suppress(ids, scores)
-            nxt = torch.where(unfinished, scores.argmax(-1), pad)
-            ids = torch.cat([ids, nxt[:, None]], 1)
-            unfinished &= nxt != eos
-            step = nxt[:, None].numpy()
-            if not bool(unfinished.any()):
-                break
-        return ids
+        return greedy(self._step, prompt, self._past(b), total, eos, pad, self._suppressor())
 
 
 def _moonshine(folder: Path, info: dict, threads: int | None):
@@ -131,17 +137,12 @@ def _moonshine(folder: Path, info: dict, threads: int | None):
             pad = gc.pad_token_id if gc.pad_token_id is not None else eos
             ids = torch.full((b, 1), gc.decoder_start_token_id, dtype=torch.long)
             total = min(1 + self.max_new_tokens(waves), cfg.max_position_embeddings)
-            step, unfinished = ids.numpy(), torch.ones(b, dtype=torch.bool)
-            while ids.shape[1] < total:
-                logits, past = self.sessions["decoder"].run(
-                    None, {"input_ids": step, "past_kv": past, "cross_kv": cross, "encoder_mask": frames})
-                nxt = torch.where(unfinished, torch.from_numpy(logits).argmax(-1), pad)
-                ids = torch.cat([ids, nxt[:, None]], 1)
-                unfinished &= nxt != eos
-                step = nxt[:, None].numpy()
-                if not bool(unfinished.any()):
-                    break
-            return ids
+            feed = {"cross_kv": cross, "encoder_mask": frames}
+
+            def step(ids_, past_):
+                return self.sessions["decoder"].run(None, {"input_ids": ids_, "past_kv": past_, **feed})
+
+            return greedy(step, ids, past, total, eos, pad)
 
     stand_in = SimpleNamespace(config=AutoConfig.from_pretrained(folder),
                                generation_config=GenerationConfig.from_pretrained(folder))
