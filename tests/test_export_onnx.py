@@ -233,6 +233,23 @@ def test_refusals(tmp_path):
         OrtLinear(q, q.packed_weight(), q.bias, accuracy_level=7)
 
 
+def test_a_folder_that_is_not_a_whole_export_is_refused(tmp_path):
+    from quasr.export import OnnxModel
+
+    with pytest.raises(ValueError, match="not a `quasr export --format onnx` folder"):
+        OnnxModel(tmp_path)
+    (tmp_path / "quasr_onnx.json").write_text("{broken")
+    with pytest.raises(ValueError, match="is corrupt"):
+        OnnxModel(tmp_path)
+    (tmp_path / "quasr_onnx.json").write_text(json.dumps({"format": "quasr-onnx", "format_version": 99, "graphs": {}}))
+    with pytest.raises(ValueError, match="version 99, this quasr reads"):
+        OnnxModel(tmp_path)
+    (tmp_path / "quasr_onnx.json").write_text(json.dumps(
+        {"format": "quasr-onnx", "format_version": 1, "family": "whisper", "graphs": {"encoder": {"file": "encoder.onnx"}}}))
+    with pytest.raises(ValueError, match="encoder.onnx missing; copy the whole export folder"):
+        OnnxModel(tmp_path)
+
+
 def test_to_ort_modules_replaces_every_packed_layer():
     from quasr.nn import _Packed
 

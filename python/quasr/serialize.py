@@ -67,7 +67,7 @@ def _sort_safetensors_metadata(file: Path) -> None:
         length = int.from_bytes(f.read(8), "little")
         raw = f.read(length)
         text = raw.rstrip(b" ")
-        header = json.loads(text, object_pairs_hook=lambda pairs: dict(pairs))
+        header = json.loads(text)
         meta = header.get("__metadata__")
         if not meta or list(meta) == sorted(meta):
             return

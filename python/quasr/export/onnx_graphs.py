@@ -29,10 +29,16 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def _heads(y: torch.Tensor, heads: int) -> torch.Tensor:
+def _heads_of(y: torch.Tensor, head_dim: int) -> torch.Tensor:
     """(B, T, H*D) -> (B, H, T, D)."""
     b, t, _ = y.shape
-    return y.reshape(b, t, heads, -1).transpose(1, 2)
+    return y.reshape(b, t, -1, head_dim).transpose(1, 2)
+
+
+def _cross_kv(layers, states: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """[L, 2, B, H, S, D]: every decoder layer's cross-attention keys and values of the encoder states."""
+    return torch.stack([torch.stack([_heads_of(layer.encoder_attn.k_proj(states), head_dim),
+                                     _heads_of(layer.encoder_attn.v_proj(states), head_dim)]) for layer in layers])
 
 
 class WhisperEncoderGraph(nn.Module):
@@ -40,13 +46,11 @@ class WhisperEncoderGraph(nn.Module):
         super().__init__()
         self.encoder = model.model.encoder
         self.layers = model.model.decoder.layers
-        self.heads = model.config.decoder_attention_heads
+        self.head_dim = model.config.d_model // model.config.decoder_attention_heads
 
     def forward(self, input_features: torch.Tensor) -> torch.Tensor:
         states = self.encoder(input_features).last_hidden_state
-        kv = [torch.stack([_heads(layer.encoder_attn.k_proj(states), self.heads),
-                           _heads(layer.encoder_attn.v_proj(states), self.heads)]) for layer in self.layers]
-        return torch.stack(kv)
+        return _cross_kv(self.layers, states, self.head_dim)
 
 
 class WhisperDecoderGraph(nn.Module):
@@ -54,10 +58,10 @@ class WhisperDecoderGraph(nn.Module):
         super().__init__()
         self.decoder = model.model.decoder
         self.proj_out = model.proj_out
-        self.heads = model.config.decoder_attention_heads
+        self.head_dim = model.config.d_model // model.config.decoder_attention_heads
 
     def forward(self, input_ids: torch.Tensor, past_kv: torch.Tensor, cross_kv: torch.Tensor):
-        dec, heads = self.decoder, self.heads
+        dec, d = self.decoder, self.head_dim
         b, n = input_ids.shape
         start = past_kv.shape[4]
         h = dec.embed_tokens(input_ids) + dec.embed_positions.weight[start: start + n].to(torch.float32)
@@ -66,13 +70,13 @@ class WhisperDecoderGraph(nn.Module):
         for i, layer in enumerate(dec.layers):
             sa, ca = layer.self_attn, layer.encoder_attn
             x = layer.self_attn_layer_norm(h)
-            q = _heads(sa.q_proj(x) * sa.scaling, heads)
-            k = torch.cat([past_kv[i, 0], _heads(sa.k_proj(x), heads)], 2)
-            v = torch.cat([past_kv[i, 1], _heads(sa.v_proj(x), heads)], 2)
+            q = _heads_of(sa.q_proj(x) * sa.scaling, d)
+            k = torch.cat([past_kv[i, 0], _heads_of(sa.k_proj(x), d)], 2)
+            v = torch.cat([past_kv[i, 1], _heads_of(sa.v_proj(x), d)], 2)
             present.append(torch.stack([k, v]))
             a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
             h = h + sa.out_proj(a.transpose(1, 2).reshape(b, n, -1))
-            q = _heads(ca.q_proj(layer.encoder_attn_layer_norm(h)) * ca.scaling, heads)
+            q = _heads_of(ca.q_proj(layer.encoder_attn_layer_norm(h)) * ca.scaling, d)
             a = F.scaled_dot_product_attention(q, cross_kv[i, 0], cross_kv[i, 1], scale=1.0)
             h = h + ca.out_proj(a.transpose(1, 2).reshape(b, n, -1))
             h = h + layer.fc2(layer.activation_fn(layer.fc1(layer.final_layer_norm(h))))
@@ -84,12 +88,6 @@ def _causal_mask(start, n: int, device) -> torch.Tensor:
     """[n, start + n] additive mask: query i (position start + i) sees keys 0 .. start + i."""
     seen = torch.arange(start + n, device=device)[None, :] <= (start + torch.arange(n, device=device))[:, None]
     return torch.zeros(seen.shape, dtype=torch.float32, device=device).masked_fill(~seen, float("-inf"))
-
-
-def _heads_of(y: torch.Tensor, head_dim: int) -> torch.Tensor:
-    """(B, T, H*D) -> (B, H, T, D) for a known head size."""
-    b, t, _ = y.shape
-    return y.reshape(b, t, -1, head_dim).transpose(1, 2)
 
 
 def _attend(q, k, v, mask, scale):
@@ -123,9 +121,7 @@ class MoonshineEncoderGraph(nn.Module):
         for layer in enc.layers:
             h = layer(h, attention_mask=additive, position_ids=positions, position_embeddings=rotary)
         states = enc.layer_norm(h)
-        kv = [torch.stack([_heads_of(layer.encoder_attn.k_proj(states), self.head_dim),
-                           _heads_of(layer.encoder_attn.v_proj(states), self.head_dim)]) for layer in self.layers]
-        return torch.stack(kv), mask.to(torch.int64)
+        return _cross_kv(self.layers, states, self.head_dim), mask.to(torch.int64)
 
 
 class MoonshineDecoderGraph(nn.Module):

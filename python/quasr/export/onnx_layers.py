@@ -135,11 +135,6 @@ class OrtWeight:
     float_weight: torch.Tensor | None = None  # [N, K] where no exact MatMulNBits form exists
     note: str = ""
 
-    @property
-    def nbytes(self) -> int:
-        ts = (self.float_weight,) if self.bits == 0 else (self.b, self.scales, self.zero_points)
-        return sum(t.numel() * t.element_size() for t in ts if t is not None)
-
 
 def ort_weight(pw: PackedWeight) -> OrtWeight:
     """quasr's packed weight as MatMulNBits inputs, exactly (see the module docstring)."""
@@ -179,18 +174,24 @@ def ort_weight(pw: PackedWeight) -> OrtWeight:
     return OrtWeight(b.contiguous(), scales.reshape(-1).contiguous(), zp, k, n, bits, block, note=note)
 
 
-def ort_dequantize(b, scales, zero_points, k: int, n: int, bits: int, block_size: int) -> torch.Tensor:
-    """float32 [N, K] weight from MatMulNBits inputs (the reference the exported node is checked against)."""
-    k_blocks = b.shape[1]
-    codes = _unpack_rows(b, bits, block_size)  # [N, k_blocks, block]
-    s = scales.reshape(n, k_blocks, 1)
+def _dequantize_blocks(b, scales, zero_points, k: int, bits: int, block_size: int) -> torch.Tensor:
+    """[..., K] float32 rows from MatMulNBits rows: b [..., k_blocks, blob], scales [..., k_blocks],
+    zero_points [..., bytes] (uint8) or [..., k_blocks] (float) or None (the default 2**(bits-1))."""
+    k_blocks = b.shape[-2]
+    codes = _unpack_rows(b, bits, block_size)  # [..., k_blocks, block]
     if zero_points is None:
         z = torch.full((), float(2 ** (bits - 1)))
     elif zero_points.dtype == torch.uint8:
-        z = _unpack_rows(zero_points.reshape(n, -1), bits, k_blocks).reshape(n, k_blocks, 1)
+        z = _unpack_rows(zero_points, bits, k_blocks).unsqueeze(-1)
     else:
-        z = zero_points.reshape(n, k_blocks, 1).to(torch.float32)
-    return ((codes - z) * s).reshape(n, -1)[:, :k]
+        z = zero_points.to(torch.float32).unsqueeze(-1)
+    return ((codes - z) * scales.unsqueeze(-1)).reshape(*b.shape[:-2], -1)[..., :k]
+
+
+def ort_dequantize(b, scales, zero_points, k: int, n: int, bits: int, block_size: int) -> torch.Tensor:
+    """float32 [N, K] weight from MatMulNBits inputs (the reference the exported node is checked against)."""
+    zp = None if zero_points is None else zero_points.reshape(n, -1)
+    return _dequantize_blocks(b, scales.reshape(n, -1), zp, k, bits, block_size)
 
 
 # -- modules ---------------------------------------------------------------------------------------------
@@ -244,26 +245,14 @@ class OrtLinear(nn.Module):
         return matmul_nbits(x, self.b, self.scales, self.zero_points, self.bias, self.k, self.n, self.bits,
                             self.block_size, self.accuracy_level)
 
-    def weight(self) -> torch.Tensor:
-        """The dense float32 [N, K] weight the node computes with."""
-        if self.bits == 0:
-            return self.float_weight
-        return ort_dequantize(self.b, self.scales, self.zero_points, self.k, self.n, self.bits, self.block_size)
-
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
-        """Dequantized rows `ids` of the weight ([..., K]): a tied embedding's lookup, in graph ops."""
+        """Dequantized rows `ids` of the weight ([..., K]): a tied embedding's lookup, in graph ops
+        (gathered before they are unpacked, so a step decodes only its own rows)."""
         if self.bits == 0:
             return self.float_weight[ids]
-        k_blocks = self.b.shape[1]
-        codes = _unpack_rows(self.b[ids], self.bits, self.block_size)  # [..., k_blocks, block]
-        s = self.scales.reshape(self.n, k_blocks)[ids].unsqueeze(-1)
-        if self.zero_points is None:
-            z = float(2 ** (self.bits - 1))
-        elif self.zero_points.dtype == torch.uint8:
-            z = _unpack_rows(self.zero_points.reshape(self.n, -1)[ids], self.bits, k_blocks).unsqueeze(-1)
-        else:
-            z = self.zero_points.reshape(self.n, k_blocks)[ids].unsqueeze(-1)
-        return ((codes - z) * s).reshape(*ids.shape, -1)[..., : self.k]
+        zp = None if self.zero_points is None else self.zero_points.reshape(self.n, -1)[ids]
+        return _dequantize_blocks(self.b[ids], self.scales.reshape(self.n, -1)[ids], zp, self.k, self.bits,
+                                  self.block_size)
 
     def extra_repr(self) -> str:
         return (f"K={self.k}, N={self.n}, bits={self.bits} (quasr {self.quasr_bits}), block={self.block_size}, "
