@@ -1,0 +1,93 @@
+// The fused activation quantization in front of the int8 GEMM: one block per row multiplies by the
+// smoothing vector, finds the row's range (per-token dynamic) or takes the static one, and writes
+// int8 codes e = code - 128 in the GEMM's k order (act_position_k), with the row's scale, c = 128 -
+// zero and the per-group sums of e. The arithmetic is act_quant.cuh's, shared with the host check.
+#include <cuda_bf16.h>
+
+#include "act_quant.cuh"
+#include "common.cuh"
+#include "launch.h"
+
+namespace quasr_cuda {
+
+constexpr int kQuantThreads = 256;
+
+__device__ __forceinline__ float to_float(half v) { return __half2float(v); }
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T>
+__global__ void __launch_bounds__(kQuantThreads)
+    act_quant_kernel(const T* __restrict__ x, int64_t ldx, int k, int kp, int group_size,
+                     const float* __restrict__ input_mul, int bits, int symmetric, float static_scale,
+                     float static_zero, int8_t* __restrict__ e, float* __restrict__ sx, float* __restrict__ cz,
+                     int32_t* __restrict__ esum) {
+  const int m = blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const T* row = x + m * ldx;
+  auto value = [&](int i) { return input_mul ? to_float(row[i]) * input_mul[i] : to_float(row[i]); };
+
+  __shared__ float range[2][kQuantThreads / 32];
+  __shared__ float qparams[2];
+  if (static_scale > 0.f) {
+    if (threadIdx.x == 0) qparams[0] = static_scale, qparams[1] = static_zero;
+  } else {
+    float lo = INFINITY, hi = -INFINITY;
+    for (int i = threadIdx.x; i < k; i += kQuantThreads) {
+      const float v = value(i);
+      lo = fminf(lo, v), hi = fmaxf(hi, v);
+    }
+#pragma unroll
+    for (int off = 16; off; off >>= 1) {
+      lo = fminf(lo, __shfl_xor_sync(0xffffffffu, lo, off));
+      hi = fmaxf(hi, __shfl_xor_sync(0xffffffffu, hi, off));
+    }
+    if (lane == 0) range[0][warp] = lo, range[1][warp] = hi;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      for (int w = 1; w < kQuantThreads / 32; ++w) lo = fminf(lo, range[0][w]), hi = fmaxf(hi, range[1][w]);
+      range_qparams(lo, hi, bits, symmetric != 0, &qparams[0], &qparams[1]);
+    }
+  }
+  __syncthreads();
+  const float scale = qparams[0], zero = qparams[1];
+  if (threadIdx.x == 0) sx[m] = scale, cz[m] = kActOffset - zero;
+
+  const int groups = kp / group_size;
+  for (int block = warp; block < kp / kTileK; block += kQuantThreads / 32) {
+    const int src = block * kTileK + act_position_k(lane);
+    int q = act_code(src < k ? value(src) : 0.f, scale, zero, bits) - kActOffset;
+    e[int64_t(m) * kp + block * kTileK + lane] = static_cast<int8_t>(q);
+#pragma unroll
+    for (int off = 16; off; off >>= 1) q += __shfl_xor_sync(0xffffffffu, q, off);
+    if (lane == 0) atomicAdd(esum + int64_t(m) * groups + block * kTileK / group_size, q);
+  }
+}
+
+template <typename T>
+int launch_act_quant(const void* x, int64_t ldx, int m, int k, int kp, int group_size, const float* input_mul,
+                     int bits, int symmetric, float scale, float zero, int8_t* e, float* sx, float* c, int32_t* esum,
+                     cudaStream_t stream) {
+  const cudaError_t err = cudaMemsetAsync(esum, 0, sizeof(int32_t) * m * (kp / group_size), stream);
+  if (err != cudaSuccess) return static_cast<int>(err);
+  act_quant_kernel<T><<<m, kQuantThreads, 0, stream>>>(static_cast<const T*>(x), ldx, k, kp, group_size, input_mul,
+                                                       bits, symmetric, scale, zero, e, sx, c, esum);
+  return launch_status();
+}
+
+}  // namespace quasr_cuda
+
+using namespace quasr_cuda;
+
+extern "C" int quasr_cuda_act_quant(const void* x, int x_dtype, int64_t ldx, int m, int k, int kp, int group_size,
+                                    const float* input_mul, int bits, int symmetric, float scale, float zero,
+                                    int8_t* e, float* sx, float* c, int32_t* esum, void* stream) {
+  if (m < 1 || k < 1 || k > kp || kp % kTileK || group_size % kTileK || kp % group_size || bits < 2 || bits > 8)
+    return -1;
+  auto s = static_cast<cudaStream_t>(stream);
+  switch (x_dtype) {
+    case 0: return launch_act_quant<half>(x, ldx, m, k, kp, group_size, input_mul, bits, symmetric, scale, zero, e, sx, c, esum, s);
+    case 1: return launch_act_quant<float>(x, ldx, m, k, kp, group_size, input_mul, bits, symmetric, scale, zero, e, sx, c, esum, s);
+    case 2: return launch_act_quant<__nv_bfloat16>(x, ldx, m, k, kp, group_size, input_mul, bits, symmetric, scale, zero, e, sx, c, esum, s);
+    default: return -1;
+  }
+}
