@@ -34,9 +34,11 @@ test: setup
 bench: setup
 	$(BIN)/python bench/gemm.py
 
-# Compile-check every CUDA source (nothing CUDA runs on CPU machines).
+# Compile-check the CUDA backend without a GPU: every csrc/cuda/*.cu for sm_80/86/89/90 with ptxas -v
+# (registers, spills, shared memory per kernel to bench/results/cuda_check.md; fails on a spill) and
+# the torch binding's syntax against this venv's torch headers.
 cuda-check:
-	@for f in $$(find csrc/cuda -name '*.cu'); do echo "nvcc $$f"; nvcc -arch=sm_90 -std=c++17 -c $$f -o /tmp/quasr_cuda_check.o || exit 1; done
+	$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PY)) bench/cuda_check.py
 
 # The CPU kernels' portable path on aarch64: cross-compile (installs g++-aarch64-linux-gnu and
 # qemu-user with apt when missing) and run csrc/cpu/tests/scalar_check.cpp natively and under qemu.

@@ -9,11 +9,10 @@
 // Rows past M, chunks past Kp and super-tiles past N are zero-filled.
 #pragma once
 
+#include "gemm_config.h"
 #include "mma.cuh"
 
 namespace quasr_cuda {
-
-constexpr int kGemmThreads = 256, kRowBytes = 128, kStages = 3;
 
 template <int BITS, int MT, int TILES_PER_STAGE>
 struct GemmTiles {
@@ -21,6 +20,7 @@ struct GemmTiles {
   static constexpr int kABytes = kRows * kRowBytes;
   static constexpr int kBWords = 4 * TILES_PER_STAGE * static_cast<int>(tile_words(BITS));
   static constexpr int kStageBytes = kABytes + kBWords * 4;
+  static_assert(kStageBytes == gemm_stage_bytes(BITS, MT, TILES_PER_STAGE), "gemm_config.h disagrees");
 
   // A rows [row0, row0 + kRows) of a [m, row_bytes] matrix, bytes [byte0, byte0 + 128) of each.
   __device__ __forceinline__ static void load_a(uint8_t* smem, const uint8_t* a, int64_t row_bytes, int m, int row0,

@@ -4,7 +4,8 @@
 //
 // Shapes: x [m, kp] contiguous (kp: K padded to the group, a multiple of 32); words: the tiled
 // weight (tile_layout.cuh); params: cuda_layout.f16_params / i8_params; bias float32 [n] or null;
-// out [m, n] row-major, float16 (out_fp32 = 0) or float32.
+// out [m, n] row-major float16 (the
+// binding converts for float32 / bfloat16 callers; the sums themselves are float32).
 #pragma once
 
 #include <stdint.h>
@@ -21,14 +22,14 @@ int quasr_cuda_tile(const uint8_t* packed, int64_t n, int64_t kp, int bits, uint
 // fp16 activations, M <= 16: tensor-core GEMV over K slices. splits > 1: every split adds its fp32
 // partial sums into `workspace` [m, n] (zeroed by the caller), then quasr_cuda_splitk_epilogue.
 int quasr_cuda_gemv_f16(const void* x, int m, const uint32_t* words, const void* params, int frac, int n, int kp,
-                        int group_size, int bits, const float* bias, void* out, int out_fp32, float* workspace,
+                        int group_size, int bits, const float* bias, void* out, float* workspace,
                         int splits, void* stream);
-int quasr_cuda_splitk_epilogue(const float* workspace, const float* bias, void* out, int out_fp32, int m, int n,
+int quasr_cuda_splitk_epilogue(const float* workspace, const float* bias, void* out, int m, int n,
                                void* stream);
 
 // fp16 activations, any M: the mma.sync GEMM, block tile (32 * m_tiles) x 128 (m_tiles 2 or 4).
 int quasr_cuda_gemm_f16(const void* x, int m, const uint32_t* words, const void* params, int frac, int n, int kp,
-                        int group_size, int bits, const float* bias, void* out, int out_fp32, int m_tiles,
+                        int group_size, int bits, const float* bias, void* out, int m_tiles,
                         void* stream);
 
 // Activation quantization for the int8 GEMM: x [m, k] (x_dtype 0 float16, 1 float32, 2 bfloat16,
@@ -42,7 +43,7 @@ int quasr_cuda_act_quant(const void* x, int x_dtype, int64_t ldx, int m, int k, 
 // int8 activations x codes on integer tensor cores (mma s8 x u8, int32 sums folded per group).
 int quasr_cuda_gemm_i8(const int8_t* e, const float* sx, const float* c, const int32_t* esum, int m,
                        const uint32_t* words, const float* params, int n, int kp, int group_size, int bits,
-                       const float* bias, void* out, int out_fp32, int m_tiles, void* stream);
+                       const float* bias, void* out, int m_tiles, void* stream);
 
 #ifdef __cplusplus
 }

@@ -9,14 +9,13 @@
 
 namespace quasr_cuda {
 
-constexpr int kF16TilesPerStage = 2;  // 64 fp16 = 128 bytes of each activation row
-
 template <int BITS, int MT>
 struct F16Gemm {
   using Tiles = GemmTiles<BITS, MT, kF16TilesPerStage>;
-  static constexpr int kParamBytes = kF16TilesPerStage * 4 * 128;  // (tile, column super-tile): 32 half2
+  static constexpr int kParamBytes = kF16ParamBytesPerStage;
   static constexpr int kStageBytes = Tiles::kStageBytes + kParamBytes;
-  static constexpr int kSmem = kStages * kStageBytes;
+  static constexpr int kSmem = f16_gemm_smem(BITS, MT);
+  static_assert(kSmem == kStages * kStageBytes, "gemm_config.h disagrees");
 };
 
 template <int BITS, int MT, typename OutT>
@@ -127,14 +126,12 @@ int gemm_f16_mt(int m_tiles, const void* x, int m, const uint32_t* words, const 
 using namespace quasr_cuda;
 
 extern "C" int quasr_cuda_gemm_f16(const void* x, int m, const uint32_t* words, const void* params, int frac, int n,
-                                   int kp, int group_size, int bits, const float* bias, void* out, int out_fp32,
+                                   int kp, int group_size, int bits, const float* bias, void* out,
                                    int m_tiles, void* stream) {
   if (m < 1 || kp % kTileK || group_size % kTileK || kp % group_size) return -1;
   auto s = static_cast<cudaStream_t>(stream);
   QUASR_BITS_SWITCH(bits, B,
-                    return out_fp32 ? gemm_f16_mt<B>(m_tiles, x, m, words, params, frac, n, kp, group_size, bias,
-                                                     static_cast<float*>(out), s)
-                                    : gemm_f16_mt<B>(m_tiles, x, m, words, params, frac, n, kp, group_size, bias,
-                                                     static_cast<half*>(out), s));
+                    return gemm_f16_mt<B>(m_tiles, x, m, words, params, frac, n, kp, group_size, bias,
+                                            static_cast<half*>(out), s));
   return -1;
 }

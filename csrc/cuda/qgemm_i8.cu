@@ -10,8 +10,6 @@
 
 namespace quasr_cuda {
 
-constexpr int kI8TilesPerStage = 4;  // 128 int8 = 128 bytes of each activation row
-
 template <int BITS, int MT, typename OutT>
 __global__ void __launch_bounds__(kGemmThreads)
     gemm_i8_kernel(const int8_t* __restrict__ e, const float* __restrict__ sx, const float* __restrict__ cz,
@@ -123,7 +121,7 @@ template <int BITS, int MT, typename OutT>
 int launch_gemm_i8(const int8_t* e, const float* sx, const float* cz, const int32_t* esum, int m,
                    const uint32_t* words, const float* params, int n, int kp, int group_size, const float* bias,
                    OutT* out, cudaStream_t stream) {
-  constexpr int smem = kStages * GemmTiles<BITS, MT, kI8TilesPerStage>::kStageBytes;
+  constexpr int smem = i8_gemm_smem(BITS, MT);
   auto kernel = gemm_i8_kernel<BITS, MT, OutT>;
   static bool configured = false;
   if (!configured) {
@@ -153,13 +151,11 @@ using namespace quasr_cuda;
 
 extern "C" int quasr_cuda_gemm_i8(const int8_t* e, const float* sx, const float* c, const int32_t* esum, int m,
                                   const uint32_t* words, const float* params, int n, int kp, int group_size, int bits,
-                                  const float* bias, void* out, int out_fp32, int m_tiles, void* stream) {
+                                  const float* bias, void* out, int m_tiles, void* stream) {
   if (m < 1 || kp % kTileK || group_size % kTileK || kp % group_size || kp % 16) return -1;
   auto s = static_cast<cudaStream_t>(stream);
   QUASR_BITS_SWITCH(bits, B,
-                    return out_fp32 ? gemm_i8_mt<B>(m_tiles, e, sx, c, esum, m, words, params, n, kp, group_size, bias,
-                                                    static_cast<float*>(out), s)
-                                    : gemm_i8_mt<B>(m_tiles, e, sx, c, esum, m, words, params, n, kp, group_size, bias,
-                                                    static_cast<half*>(out), s));
+                    return gemm_i8_mt<B>(m_tiles, e, sx, c, esum, m, words, params, n, kp, group_size, bias,
+                                           static_cast<half*>(out), s));
   return -1;
 }

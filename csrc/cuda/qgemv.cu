@@ -124,16 +124,14 @@ int launch_gemv(const void* x, int m, const uint32_t* words, const void* params,
 using namespace quasr_cuda;
 
 extern "C" int quasr_cuda_gemv_f16(const void* x, int m, const uint32_t* words, const void* params, int frac, int n,
-                                   int kp, int group_size, int bits, const float* bias, void* out, int out_fp32,
+                                   int kp, int group_size, int bits, const float* bias, void* out,
                                    float* workspace, int splits, void* stream) {
   if (m < 1 || m > 16 || kp % kTileK || group_size % kTileK || kp % group_size || splits < 1 ||
       (splits > 1 && !workspace))
     return -1;
   auto s = static_cast<cudaStream_t>(stream);
   QUASR_BITS_SWITCH(bits, B,
-                    return out_fp32 ? launch_gemv<B>(x, m, words, params, frac, n, kp, group_size, bias,
-                                                     static_cast<float*>(out), workspace, splits, s)
-                                    : launch_gemv<B>(x, m, words, params, frac, n, kp, group_size, bias,
-                                                     static_cast<half*>(out), workspace, splits, s));
+                    return launch_gemv<B>(x, m, words, params, frac, n, kp, group_size, bias, static_cast<half*>(out),
+                                           workspace, splits, s));
   return -1;
 }

@@ -39,14 +39,11 @@ extern "C" int quasr_cuda_tile(const uint8_t* packed, int64_t n, int64_t kp, int
   return launch_status();
 }
 
-extern "C" int quasr_cuda_splitk_epilogue(const float* ws, const float* bias, void* out, int out_fp32, int m, int n,
+extern "C" int quasr_cuda_splitk_epilogue(const float* ws, const float* bias, void* out, int m, int n,
                                           void* stream) {
   const int64_t total = int64_t(m) * n;
   const int blocks = static_cast<int>((total + 255) / 256 < 4096 ? (total + 255) / 256 : 4096);
   auto s = static_cast<cudaStream_t>(stream);
-  if (out_fp32)
-    splitk_epilogue_kernel<<<blocks, 256, 0, s>>>(ws, bias, static_cast<float*>(out), total, n);
-  else
-    splitk_epilogue_kernel<<<blocks, 256, 0, s>>>(ws, bias, static_cast<half*>(out), total, n);
+  splitk_epilogue_kernel<<<blocks, 256, 0, s>>>(ws, bias, static_cast<half*>(out), total, n);
   return launch_status();
 }

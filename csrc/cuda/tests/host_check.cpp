@@ -121,3 +121,14 @@ void quasr_cuda_i8_emulate(const uint32_t* tiled, const float* params, const int
 }
 
 }  // extern "C"
+
+#include "../gemm_config.h"
+
+extern "C" {
+
+// Dynamic shared memory of a GEMM instantiation (kind 0: fp16, 1: int8), for bench/cuda_check.py.
+int quasr_cuda_gemm_smem(int kind, int bits, int m_tiles) {
+  return kind == 0 ? f16_gemm_smem(bits, m_tiles) : i8_gemm_smem(bits, m_tiles);
+}
+
+}  // extern "C"
