@@ -34,9 +34,10 @@ BITS = [2, 3, 4, 5, 6, 7, 8]
 
 
 def candidate_paths(backend) -> tuple[str, ...]:
-    """The paths worth timing: the portable scalar path only where it is the only one (it is the
-    fallback, never the fastest, and slow to time at large M)."""
-    fast = tuple(p for p in backend.paths if p != "scalar")
+    """The float-activation paths worth timing: the portable scalar path only where it is the only one
+    (it is the fallback, never the fastest, and slow to time at large M); not the int8 paths, which
+    the dispatcher gives every layer that quantizes its activations."""
+    fast = tuple(p for p in backend.paths if p not in ("scalar", "int8"))  # int8: layers that quantize activations
     return fast or backend.paths
 
 

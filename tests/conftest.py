@@ -41,6 +41,14 @@ def whisper_tiny_en():
     return load_model("whisper-tiny.en")
 
 
+@pytest.fixture(scope="session")
+def cuda_host_lib(tmp_path_factory):
+    """csrc/cuda's layout and integer math built for the host (tests/test_cuda_host.py)."""
+    from test_cuda_host import build_host_library
+
+    return build_host_library(tmp_path_factory.mktemp("cuda_host"))
+
+
 LIBRISPEECH_VOCAB = ["<pad>", "<s>", "</s>", "<unk>", "|", "E", "T", "A", "O", "N", "I", "H", "S", "R", "D", "L", "U",
                      "M", "W", "C", "F", "G", "Y", "P", "B", "V", "K", "'", "X", "J", "Q", "Z"]
 

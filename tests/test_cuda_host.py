@@ -25,12 +25,13 @@ P_U32, P_U8, P_I8, P_F32, P_I32 = (np.ctypeslib.ndpointer(t, flags="C") for t in
 I64 = ctypes.c_int64
 
 
-@pytest.fixture(scope="module")
-def lib(tmp_path_factory):
+def build_host_library(outdir: Path):
+    """host_check.cpp built into outdir with g++, its functions typed for ctypes (the conftest
+    fixture `cuda_host_lib` builds it once per session)."""
     cxx = shutil.which("g++") or shutil.which("c++")
     if cxx is None:
         pytest.skip("no C++ compiler")
-    out = tmp_path_factory.mktemp("cuda_host") / "host_check.so"
+    out = outdir / "host_check.so"
     subprocess.run([cxx, "-O1", "-std=c++17", "-shared", "-fPIC", "-Wall", "-Werror", "-o", str(out), str(SOURCE)],
                    check=True)
     so = ctypes.CDLL(str(out))
@@ -75,14 +76,14 @@ def random_codes(bits, n, kp, seed):
 
 @pytest.mark.parametrize("bits", BITS)
 @pytest.mark.parametrize("n,kp", [(32, 32), (40, 64), (96, 128), (7, 96)])
-def test_fp16_fragments_hold_the_mma_b_layout(lib, bits, n, kp):
+def test_fp16_fragments_hold_the_mma_b_layout(cuda_host_lib, bits, n, kp):
     """Register p of a lane is the mma.m16n8k16 B fragment (b0 b1 for r = 0, b2 b3 for r = 1) of
     k-tile p // 8 and n-tile (p // 2) % 4: b_i at row k = 2 (lane % 4) + (i % 2) + 8 (i // 2), column
     lane // 4 (PTX ISA, 'Matrix fragments for mma.m16n8k16'), as fp16 bits of 1024 + code."""
     codes = random_codes(bits, n, kp, bits * 100 + n)
-    words = tile(lib, pack_codes(codes, bits), bits)
+    words = tile(cuda_host_lib, pack_codes(codes, bits), bits)
     assert words.size == -(-n // 32) * 32 * kp * bits // 32  # exactly b bits per (padded) weight
-    f16, _ = fragments(lib, words, n, kp, bits)
+    f16, _ = fragments(cuda_host_lib, words, n, kp, bits)
     full = padded_codes(codes.numpy())
     ks = kp // 32
     tiles, lanes, regs = np.meshgrid(np.arange(f16.shape[0]), np.arange(32), np.arange(16), indexing="ij")
@@ -99,20 +100,20 @@ def act_positions(lib) -> np.ndarray:
     return out
 
 
-def test_activation_order_is_a_permutation_within_each_k_half(lib):
-    pos = act_positions(lib)
+def test_activation_order_is_a_permutation_within_each_k_half(cuda_host_lib):
+    pos = act_positions(cuda_host_lib)
     assert sorted(pos[:16]) == list(range(16)) and sorted(pos[16:]) == list(range(16, 32))
 
 
 @pytest.mark.parametrize("bits", BITS)
-def test_int8_fragments_hold_the_mma_k32_b_layout(lib, bits):
+def test_int8_fragments_hold_the_mma_k32_b_layout(cuda_host_lib, bits):
     """Register (nt, j) byte i is B[k][n] of mma.m16n8k32 at position 16 j + 4 (lane % 4) + i, column
     lane // 4: the code of k = act_positions[position], the order the activations are stored in."""
     n, kp = 70, 96
     codes = random_codes(bits, n, kp, bits)
-    words = tile(lib, pack_codes(codes, bits), bits)
-    _, i8 = fragments(lib, words, n, kp, bits)
-    full, perm, ks = padded_codes(codes.numpy()), act_positions(lib), kp // 32
+    words = tile(cuda_host_lib, pack_codes(codes, bits), bits)
+    _, i8 = fragments(cuda_host_lib, words, n, kp, bits)
+    full, perm, ks = padded_codes(codes.numpy()), act_positions(cuda_host_lib), kp // 32
     tiles, lanes, regs, byte = np.meshgrid(np.arange(i8.shape[0]), np.arange(32), np.arange(8), np.arange(4),
                                            indexing="ij")
     nt, j = regs // 2, regs % 2
@@ -133,12 +134,12 @@ def _quantize_rows(lib, x, kp, group, act: ActQuant):
 
 
 @pytest.mark.parametrize("act_bits,symmetric", [(8, False), (8, True), (6, False), (4, True)])
-def test_activation_codes_match_fake_quant_tokens_bit_for_bit(lib, act_bits, symmetric):
+def test_activation_codes_match_fake_quant_tokens_bit_for_bit(cuda_host_lib, act_bits, symmetric):
     x = torch.randn(5, 200, generator=torch.Generator().manual_seed(act_bits)) * 3 + 0.5
     x[1] = x[1].abs()  # an all-positive row: the asymmetric range still holds 0
     kp = 224
-    e, sx, c, _ = _quantize_rows(lib, x, kp, 32, ActQuant(act_bits, symmetric))
-    perm = act_positions(lib)
+    e, sx, c, _ = _quantize_rows(cuda_host_lib, x, kp, 32, ActQuant(act_bits, symmetric))
+    perm = act_positions(cuda_host_lib)
     order = (np.arange(kp) // 32 * 32 + perm[np.arange(kp) % 32])
     # e[:, pos] holds x[:, order[pos]]
     dequant = (e.astype(np.float32) + c[:, None]) * sx[:, None]
@@ -153,7 +154,7 @@ def test_activation_codes_match_fake_quant_tokens_bit_for_bit(lib, act_bits, sym
 @pytest.mark.parametrize("group,symmetric,act", [
     (32, False, ActQuant(8)), (64, True, ActQuant(8, symmetric=True)), (-1, False, ActQuant(8)),
     (128, False, ActQuant(8, scale=0.05, zero=128.0))])
-def test_int8_gemm_math_matches_the_reference(lib, bits, group, symmetric, act):
+def test_int8_gemm_math_matches_the_reference(cuda_host_lib, bits, group, symmetric, act):
     """The int8 kernel's arithmetic (fragments, activation order, per-group fold with the
     cuda_layout.i8_params parameters) against reference.qlinear with the same activation quant."""
     gen = torch.Generator().manual_seed(bits * 7 + (group if group > 0 else 3))
@@ -164,11 +165,11 @@ def test_int8_gemm_math_matches_the_reference(lib, bits, group, symmetric, act):
     zeros = None if symmetric else torch.randint(0, 1 << bits, (n, kp // g), generator=gen).half()
     pw = PackedWeight(pack_codes(codes, bits), scales, zeros, bits, g, k)
     x = torch.randn(3, k, generator=gen)
-    words = tile(lib, pw.packed, bits)
+    words = tile(cuda_host_lib, pw.packed, bits)
     params = cuda_layout.i8_params(pw).numpy()
-    e, sx, c, esum = _quantize_rows(lib, x, kp, g, act)
+    e, sx, c, esum = _quantize_rows(cuda_host_lib, x, kp, g, act)
     y = np.zeros((3, n), dtype=np.float32)
-    lib.quasr_cuda_i8_emulate(words, np.ascontiguousarray(params.reshape(-1)), e, sx, c, esum, 3, n, kp, g, bits, y)
+    cuda_host_lib.quasr_cuda_i8_emulate(words, np.ascontiguousarray(params.reshape(-1)), e, sx, c, esum, 3, n, kp, g, bits, y)
     expect = reference.qlinear(x, pw, act=act)
     torch.testing.assert_close(torch.from_numpy(y), expect, rtol=2e-4, atol=2e-4)
 
@@ -193,11 +194,11 @@ def test_fp16_params_follow_the_lane_order(symmetric, frac):
         assert torch.equal(zb, z[col] if frac else z[col] + 1024)
 
 
-def test_static_activation_range_matches_fake_quant(lib):
+def test_static_activation_range_matches_fake_quant(cuda_host_lib):
     x = torch.randn(2, 64, generator=torch.Generator().manual_seed(9))
     act = ActQuant(8, scale=0.02, zero=120.0)
-    e, sx, c, _ = _quantize_rows(lib, x, 64, 64, act)
-    perm = act_positions(lib)
+    e, sx, c, _ = _quantize_rows(cuda_host_lib, x, 64, 64, act)
+    perm = act_positions(cuda_host_lib)
     order = np.arange(64) // 32 * 32 + perm[np.arange(64) % 32]
     back = np.zeros((2, 64), dtype=np.float32)
     back[:, order] = (e.astype(np.float32) + c[:, None]) * sx[:, None]

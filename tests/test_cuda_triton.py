@@ -1,4 +1,4 @@
-"""Packed layers on the GPU through the Triton backend: every width, mixed-precision models of each
+"""Packed layers on the GPU through the Triton backend (and, for host syncs and torch.compile, the CUDA one): every width, mixed-precision models of each
 family, every method's transforms, no host sync per layer call, torch.compile. Skipped where torch
 sees no GPU (CI runs the same kernels under the interpreter: tests/test_triton_*.py); run on the GPU
 machine by bench/gpu_check.sh."""
@@ -24,9 +24,15 @@ def _on(pw, device):
                     pw.bits, pw.group_size, pw.in_features)
 
 
-def test_the_dispatcher_sends_cuda_layers_to_triton():
+GPU_BACKENDS = [pytest.param(name, marks=pytest.mark.skipif(
+    torch.cuda.is_available() and not BACKENDS[name].available(), reason=f"{name} backend not usable"))
+    for name in ("triton", "cuda")]
+
+
+def test_the_dispatcher_sends_cuda_layers_to_a_gpu_backend():
     assert BACKENDS["triton"].available(), BACKENDS["triton"].status()
-    assert choose("cuda", 4, 128, 1, 512, 512).backend == "triton"
+    expect = {"cuda", "triton"} if BACKENDS["cuda"].available() else {"triton"}
+    assert choose("cuda", 4, 128, 1, 512, 512).backend in expect
     assert choose("cuda", 3, 128, 1500, 512, 2048).path == "gemm"
 
 
@@ -71,7 +77,7 @@ def test_a_mixed_precision_model_runs_on_triton_and_matches_the_cpu(family, tmp_
     layouts = sum(m._runtime.layout_bytes() for m in gpu.modules() if isinstance(m, _Packed))
     assert layouts > 0  # the Triton layouts were made at prepare time, outside the state
     inputs = {k: v.cuda() if torch.is_tensor(v) else v for k, v in batch.inputs.items()}
-    with torch.inference_mode():
+    with forced("triton"), torch.inference_mode():
         out = gpu(**inputs).logits
     torch.testing.assert_close(out.float().cpu(), ref, rtol=2e-3, atol=2e-3)
 
@@ -92,7 +98,7 @@ def test_every_methods_transforms_run_on_the_gpu(method, options):
         ref = ad.forward_logits(batches[0])
     gpu = prepare_runtime(copy.deepcopy(model).cuda())
     inputs = {k: v.cuda() if torch.is_tensor(v) else v for k, v in batches[0].inputs.items()}
-    with torch.inference_mode():
+    with forced("triton"), torch.inference_mode():
         out = gpu(**inputs).logits.float().cpu()
     # activation fake-quant may round a few ties the other way on the GPU: compare loosely, argmax tightly
     assert (out.argmax(-1) == ref.argmax(-1)).float().mean() > 0.95
@@ -113,10 +119,11 @@ def _stack():
     return torch.nn.Sequential(*layers)
 
 
-def test_layer_calls_do_not_sync_the_host():
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_layer_calls_do_not_sync_the_host(backend):
     model = prepare_runtime(_stack().cuda().half())
     x = torch.randn(1, 384, device="cuda", dtype=torch.float16)
-    with torch.inference_mode():
+    with forced(backend), torch.inference_mode():
         model(x)  # warm: compiles kernels
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
@@ -127,10 +134,11 @@ def test_layer_calls_do_not_sync_the_host():
             torch.cuda.set_sync_debug_mode("default")
 
 
-def test_torch_compile_traces_triton_layers():
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_torch_compile_traces_gpu_layers(backend):
     model = prepare_runtime(_stack().cuda().half())
     x = torch.randn(4, 384, device="cuda", dtype=torch.float16)
-    with torch.inference_mode():
+    with forced(backend), torch.inference_mode():
         eager = model(x)
         torch._dynamo.reset()
         compiled = torch.compile(model)

@@ -6,8 +6,9 @@ the QUASR_KERNEL environment variable (`BACKEND` or `BACKEND:PATH`, e.g. `cpu:ge
 the measured table of this machine kind (tables/<kind>.json, written by bench/dispatch_table.py:
 the first rule that matches the call and names an available backend); and a default rule where no
 table exists (on the CPU: GEMV for M <= 4, the packed GEMM below M = 128, dequantized tiles + BLAS
-above; on CUDA, Triton's GEMV/split-K for M <= 16 and its tl.dot GEMM above). Layers that quantize their
-activations run the CPU's int8 path (integer dot products) unless a path is forced. The other ops
+above; on CUDA, the first available of the CUDA kernels and Triton, each with its GEMV/split-K for
+M <= 16 and its tensor-core GEMM above). Layers that quantize their activations run an int8 path
+(integer dot products: the CPU's, or the CUDA kernels' int8 tensor cores) unless a path is forced. The other ops
 (dequantize, rotate) go to `backend_for(op, device)`: the overriding backend, else the first
 available in registry order. Choices are cached per call shape: dispatch costs a dictionary lookup per layer call.
 """
@@ -32,7 +33,7 @@ _FORCED: contextvars.ContextVar[str | None] = contextvars.ContextVar("quasr_forc
 
 # Default CPU rule (what csrc/cpu chose by itself before the seam; bench/RESULTS.md measures it).
 GEMV_MAX_M, BLAS_MIN_M = 4, 128
-# Default Triton rule until a cuda-sm<cap> table is measured (bench/dispatch_table.py on the GPU).
+# Default GPU rule (CUDA and Triton) until a cuda-sm<cap> table is measured (bench/dispatch_table.py on the GPU).
 TRITON_GEMV_MAX_M = 16
 
 
@@ -137,9 +138,9 @@ def _choose(dev: str, bits: int, group: int, m: int, n: int, k: int, override: s
         if not backend.supports(dev, bits, group, n, k):
             raise ValueError(f"{source} kernel {override!r} cannot run a {bits}-bit layer on {dev}")
         return Choice(name, path or _default_path(backend.name, m, int8_acts), source)
-    cpu = BACKENDS["cpu"]
-    if int8_acts and dev == "cpu" and "int8" in cpu.paths:  # one path for every M (the kernel tiles by M)
-        return Choice("cpu", "int8", "default")
+    native = BACKENDS["cpu" if dev == "cpu" else "cuda"] if dev in ("cpu", "cuda") else None
+    if int8_acts and native is not None and "int8" in native.paths:  # one path for every M (the kernels tile by M)
+        return Choice(native.name, "int8", "default")
     kind = machine_kind(dev) if dev in ("cpu", "cuda") else dev
     for rule in load_table(kind):
         backend = BACKENDS.get(rule["backend"])
@@ -148,7 +149,7 @@ def _choose(dev: str, bits: int, group: int, m: int, n: int, k: int, override: s
             return Choice(backend.name, rule["path"], f"table {table_path(kind).name}")
     for backend in BACKENDS.values():  # registry order: native backends before the reference
         if backend.supports(dev, bits, group, n, k) and backend.chosen_automatically(dev):
-            return Choice(backend.name, _default_path(backend.name, m), "default")
+            return Choice(backend.name, _default_path(backend.name, m, int8_acts), "default")
     raise ValueError(f"no kernel backend can run a {bits}-bit layer on {dev}")
 
 
@@ -158,7 +159,9 @@ def _default_path(backend: str, m: int, int8_acts: bool = False) -> str:
         return "int8"
     if backend == "cpu" and "gemv" in paths:
         return "gemv" if m <= GEMV_MAX_M else "gemm" if m < BLAS_MIN_M else "blas"
-    if backend == "triton":  # GemLite's split: GEMV/split-K for decoder steps, tl.dot tiles beyond
+    if backend == "cuda" and int8_acts and "int8" in paths:
+        return "int8"
+    if backend in ("triton", "cuda"):  # GemLite's split: GEMV/split-K for decoder steps, tensor-core tiles beyond
         return "gemv" if m <= TRITON_GEMV_MAX_M else "gemm"
     return paths[0]
 

@@ -1,4 +1,4 @@
-"""The backends that implement the quasr ops, each saying what it supports. A new backend (CUDA) is
+"""The backends that implement the quasr ops, each saying what it supports. A backend is
 one class here with `available`, `supports`, `paths` and the op entry points; the dispatcher
 (dispatch.py) chooses among those available.
 
@@ -233,6 +233,150 @@ def _register_fakes() -> None:
                 packed.new_empty(padded // 16 * (kp // group_size) * 48, dtype=torch.float32))
 
 
+class NativeCUDA(Backend):
+    """csrc/cuda (quasr._C_cuda, built where a CUDA toolkit and a CUDA build of torch exist): fp16
+    tensor-core kernels over its fragment-order repack of the planes (cuda_layout.py): a GEMV with
+    split-K for M <= 16 and an mma.sync GEMM above; layers that quantize their activations to int8
+    run on integer tensor cores (per-token dynamic or static per-tensor ranges, quantized in a fused
+    kernel in front). Other activation modes (per-group ranges, fewer bits with a fractional static
+    zero) are fake-quantized first, then run the fp16 kernels."""
+
+    name = "cuda"
+    description = "native CUDA kernels (csrc/cuda: tensor-core GEMV/GEMM, int8 mma)"
+    devices = ("cuda",)
+    PATH_IDS = {"gemv": 1, "gemm": 2}  # the `path` argument of quasr_cuda::qlinear_f16
+
+    def __init__(self):
+        self._error = None
+
+    def status(self) -> str:
+        if self._error is None:
+            try:  # registers torch.ops.quasr_cuda.* (TORCH_LIBRARY in csrc/cuda/binding.cpp)
+                from .. import _C_cuda  # noqa: F401
+
+                self._error = ""
+                _register_cuda_fakes()
+                _register_seam_kernel(self)
+            except ImportError as exc:
+                self._error = (f"CUDA kernels not built ({exc}); they build where a CUDA toolkit (CUDA_HOME) "
+                               "and a CUDA build of torch are present: pip install --no-build-isolation .")
+        if self._error:
+            return self._error
+        if not torch.cuda.is_available():
+            return "no CUDA device"
+        return ""
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        return ("gemv", "gemm", "int8") if self.available() else ()
+
+    def repacks(self) -> bool:
+        return True
+
+    def repack(self, pw):
+        from .cuda_layout import CudaLayout, f16_params
+
+        params, frac = f16_params(pw)
+        words = torch.ops.quasr_cuda.tile(pw.packed.contiguous(), pw.bits)
+        return CudaLayout(words, params, frac, None, pw.bits, pw.group_size, pw.in_features, pw.out_features)
+
+    @staticmethod
+    def int8_supported(pw, act) -> bool:
+        """Whether the int8 path computes this call exactly as the fake-quant reference: per-token or
+        static ranges (per-group ranges are not fused), a whole-number static zero, and int32 group
+        sums that cannot overflow (|e| <= 128, code <= 255, at most 65536 terms)."""
+        return (act is not None and not act.per_group and pw.group_size <= 65536
+                and (act.dynamic or float(act.zero).is_integer()))
+
+    def qlinear(self, x, pw, bias, input_mul, act, path, layout=None):
+        if layout is None:
+            layout = self.repack(pw)
+        if act is not None and path == "int8" and self.int8_supported(pw, act):
+            return self.qlinear_int8(x, pw, bias, input_mul, act, layout)
+        if act is not None or input_mul is not None:  # not fused here: transform x, then the fp16 kernels
+            x = reference.input_transform(x, input_mul, act, pw.group_size).to(x.dtype)
+        return torch.ops.quasr_cuda.qlinear_f16(x, layout.words, layout.f16_params, layout.frac_zeros, bias, pw.bits,
+                                                pw.group_size, pw.in_features, pw.out_features,
+                                                self.PATH_IDS.get(path, 0), 0)
+
+    def qlinear_int8(self, x, pw, bias, input_mul, act, layout):
+        if layout.i8_params is None:  # made on the first int8 call only (float-activation layers never need it)
+            from .cuda_layout import i8_params
+
+            layout.i8_params = i8_params(pw)
+        scale, zero = (0.0, 0.0) if act.dynamic else (float(act.scale), float(act.zero))
+        return torch.ops.quasr_cuda.qlinear_i8(x, layout.words, layout.i8_params, bias, pw.bits, pw.group_size,
+                                               pw.in_features, pw.out_features, input_mul, act.bits, act.symmetric,
+                                               scale, zero)
+
+    def dequantize(self, pw):
+        return reference.dequantize_op(pw.packed, pw.scales, pw.zeros, pw.bits, pw.group_size, pw.in_features)
+
+    def rotate(self, x, signs, orders, dense, scale):
+        triton = BACKENDS.get("triton")
+        if triton is not None and triton.available():
+            return triton.rotate(x, signs, orders, dense, scale)
+        return reference.rotate(x, signs, orders, dense, scale)
+
+
+_CUDA_REGISTERED = False
+
+
+def _register_cuda_fakes() -> None:
+    """Fake (meta) implementations of the CUDA backend's ops, for tracing and torch.compile."""
+    global _CUDA_REGISTERED
+    if _CUDA_REGISTERED:
+        return
+    _CUDA_REGISTERED = True
+
+    @torch.library.register_fake("quasr_cuda::tile")
+    def _tile_fake(packed, bits):
+        n, kp = packed.shape[0], packed.shape[1] * 8 // bits
+        return packed.new_empty(-(-n // 32) * 32 * kp * bits // 32, dtype=torch.int32)
+
+    @torch.library.register_fake("quasr_cuda::qlinear_f16")
+    def _qlinear_f16_fake(x, words, params, frac, bias, bits, group_size, in_features, out_features, path=0,
+                          splits=0):
+        torch._check(x.shape[-1] == in_features)
+        return x.new_empty((*x.shape[:-1], out_features))
+
+    @torch.library.register_fake("quasr_cuda::qlinear_i8")
+    def _qlinear_i8_fake(x, words, params, bias, bits, group_size, in_features, out_features, input_mul, act_bits,
+                         act_symmetric, act_scale, act_zero):
+        torch._check(x.shape[-1] == in_features)
+        return x.new_empty((*x.shape[:-1], out_features))
+
+    @torch.library.register_fake("quasr_cuda::act_quant")
+    def _act_quant_fake(x, input_mul, kp, group_size, act_bits, act_symmetric, act_scale, act_zero):
+        m = x.numel() // x.shape[-1]
+        return (x.new_empty((m, kp), dtype=torch.int8), x.new_empty((m,), dtype=torch.float32),
+                x.new_empty((m,), dtype=torch.float32), x.new_empty((m, kp // group_size), dtype=torch.int32))
+
+
+_SEAM_REGISTERED = False
+_SEAM_PATHS = {1: "gemv", 2: "gemm"}  # quasr::qlinear's `kernel` argument, as the CPU kernels read it
+
+
+def _register_seam_kernel(backend: NativeCUDA) -> None:
+    """The CUDA kernel of the seam's own op (schemas.py: quasr::qlinear), so torch.ops.quasr.qlinear on
+    CUDA tensors runs csrc/cuda instead of the reference. It repacks per call: packed modules go
+    through ops.qlinear, which keeps the layout."""
+    global _SEAM_REGISTERED
+    if _SEAM_REGISTERED:
+        return
+    _SEAM_REGISTERED = True
+    from .schemas import _LIB
+
+    def qlinear_cuda(x, packed, scales, zeros, bias, bits, group_size, in_features, kernel=0, input_mul=None,
+                     act_bits=0, act_symmetric=False, act_scale=0.0, act_zero=0.0, act_group=False):
+        pw = PackedWeight(packed, scales, zeros, bits, group_size, in_features)
+        act = ActQuant(act_bits, act_symmetric, act_scale, act_zero, per_group=act_group) if act_bits else None
+        path = "int8" if act is not None else _SEAM_PATHS.get(kernel, "auto")
+        return backend.qlinear(x, pw, bias, input_mul, act, path)
+
+    _LIB.impl("qlinear", qlinear_cuda, "CUDA")
+
+
 class Triton(Backend):
     """triton_kernels (shipped as quasr.triton_kernels, the `quasr[gpu]` extra): fused
     decode-and-multiply over its K-major repack of the packed planes, a GEMV/split-K path for small M
@@ -331,7 +475,7 @@ class Reference(Backend):
 
 
 # Registry order is the default preference where no table decides: native kernels before the reference.
-BACKENDS: dict[str, Backend] = {b.name: b for b in (NativeCPU(), Triton(), Reference())}
+BACKENDS: dict[str, Backend] = {b.name: b for b in (NativeCPU(), NativeCUDA(), Triton(), Reference())}
 
 
 def available_backends() -> list[Backend]:
