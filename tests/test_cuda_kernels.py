@@ -112,6 +112,28 @@ def test_int8_tensor_core_path_matches_the_reference(bits, group, zeros, act):
         assert rel_err(got, want) < 2e-3, m
 
 
+@pytest.mark.parametrize("act", [None, ActQuant(8), ActQuant(4, symmetric=True), ActQuant(8, scale=0.02, zero=100.5)])
+def test_the_fp16_prologue_is_the_reference_input_transform(act):
+    x = torch.randn(6, 250, device="cuda").half()
+    mul = torch.rand(250, device="cuda") + 0.5
+    scale, zero = (0.0, 0.0) if act is None or act.dynamic else (act.scale, act.zero)
+    got = torch.ops.quasr_cuda.act_prologue(x, mul, 256, act.bits if act else 0, bool(act and act.symmetric),
+                                            scale, zero)
+    want = reference.input_transform(x, mul, act).half()
+    assert torch.equal(got[:, :250], want) and torch.all(got[:, 250:] == 0)
+
+
+@pytest.mark.parametrize("m", [1, 12, 40])
+def test_smoothing_and_fractional_static_zeros_run_fused(m):
+    pw = random_packed(200, 250, 3, 32, "int", 5)
+    mul = torch.rand(250, device="cuda") + 0.5
+    x = torch.randn(m, 250, device="cuda")
+    for act in (None, ActQuant(8, scale=0.02, zero=100.5)):
+        got = CUDA.qlinear(x, pw, None, mul, act, "int8" if act else "gemv")
+        assert got.dtype == torch.float32
+        assert rel_err(got, reference.qlinear(x, pw, None, mul, act)) < 5e-3
+
+
 def test_unfused_activation_modes_fall_back_to_fake_quant():
     pw = random_packed(64, 256, 4, 64, "int", 3)
     x = torch.randn(5, 256, device="cuda").half()

@@ -1,7 +1,10 @@
-// The fused activation quantization in front of the int8 GEMM: one block per row multiplies by the
-// smoothing vector, finds the row's range (per-token dynamic) or takes the static one, and writes
-// int8 codes e = code - 128 in the GEMM's k order (act_position_k), with the row's scale, c = 128 -
-// zero and the per-group sums of e. The arithmetic is act_quant.cuh's, shared with the host check.
+// The fused activation transforms in front of the GEMMs, one block per row: the multiply by the
+// smoothing vector, then the row's range (per-token dynamic) or the static one, and
+//   act_quant:    int8 codes e = code - 128 in the int8 GEMM's k order (act_position_k), with the
+//                 row's scale, c = 128 - zero and the per-group sums of e;
+//   act_prologue: the fake-quantized values in fp16, for the fp16 kernels (small M, where the int8
+//                 GEMM's 64-row tiles would leave most multiprocessors idle), or just the multiply.
+// The arithmetic is act_quant.cuh's, shared with the host check.
 #include <cuda_bf16.h>
 
 #include "act_quant.cuh"
@@ -16,18 +19,14 @@ __device__ __forceinline__ float to_float(half v) { return __half2float(v); }
 __device__ __forceinline__ float to_float(float v) { return v; }
 __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
 
-template <typename T>
-__global__ void __launch_bounds__(kQuantThreads)
-    act_quant_kernel(const T* __restrict__ x, int64_t ldx, int k, int kp, int group_size,
-                     const float* __restrict__ input_mul, int bits, int symmetric, float static_scale,
-                     float static_zero, int8_t* __restrict__ e, float* __restrict__ sx, float* __restrict__ cz,
-                     int32_t* __restrict__ esum) {
-  const int m = blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const T* row = x + m * ldx;
-  auto value = [&](int i) { return input_mul ? to_float(row[i]) * input_mul[i] : to_float(row[i]); };
-
+// The row's (scale, zero): the static pair, or this row's range (a block-wide min/max) turned into
+// the grid's parameters. Every thread of the block calls it and gets the same pair.
+template <typename Value>
+__device__ __forceinline__ void row_qparams(const Value& value, int k, int bits, int symmetric, float static_scale,
+                                            float static_zero, float* scale, float* zero) {
   __shared__ float range[2][kQuantThreads / 32];
   __shared__ float qparams[2];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   if (static_scale > 0.f) {
     if (threadIdx.x == 0) qparams[0] = static_scale, qparams[1] = static_zero;
   } else {
@@ -49,7 +48,20 @@ __global__ void __launch_bounds__(kQuantThreads)
     }
   }
   __syncthreads();
-  const float scale = qparams[0], zero = qparams[1];
+  *scale = qparams[0], *zero = qparams[1];
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kQuantThreads)
+    act_quant_kernel(const T* __restrict__ x, int64_t ldx, int k, int kp, int group_size,
+                     const float* __restrict__ input_mul, int bits, int symmetric, float static_scale,
+                     float static_zero, int8_t* __restrict__ e, float* __restrict__ sx, float* __restrict__ cz,
+                     int32_t* __restrict__ esum) {
+  const int m = blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const T* row = x + m * ldx;
+  auto value = [&](int i) { return input_mul ? to_float(row[i]) * input_mul[i] : to_float(row[i]); };
+  float scale, zero;
+  row_qparams(value, k, bits, symmetric, static_scale, static_zero, &scale, &zero);
   if (threadIdx.x == 0) sx[m] = scale, cz[m] = kActOffset - zero;
 
   const int groups = kp / group_size;
@@ -60,6 +72,24 @@ __global__ void __launch_bounds__(kQuantThreads)
 #pragma unroll
     for (int off = 16; off; off >>= 1) q += __shfl_xor_sync(0xffffffffu, q, off);
     if (lane == 0) atomicAdd(esum + int64_t(m) * groups + block * kTileK / group_size, q);
+  }
+}
+
+// The fp16 kernels' prologue: x times input_mul, fake-quantized when bits > 0 ((code - zero) *
+// scale, the same float32 operations), as fp16 [m, kp] with zeros past k.
+template <typename T>
+__global__ void __launch_bounds__(kQuantThreads)
+    act_prologue_kernel(const T* __restrict__ x, int64_t ldx, int k, int kp, const float* __restrict__ input_mul,
+                        int bits, int symmetric, float static_scale, float static_zero, half* __restrict__ out) {
+  const int m = blockIdx.x;
+  const T* row = x + m * ldx;
+  auto value = [&](int i) { return input_mul ? to_float(row[i]) * input_mul[i] : to_float(row[i]); };
+  float scale = 1.f, zero = 0.f;
+  if (bits > 0) row_qparams(value, k, bits, symmetric, static_scale, static_zero, &scale, &zero);
+  for (int i = threadIdx.x; i < kp; i += kQuantThreads) {
+    float v = i < k ? value(i) : 0.f;
+    if (bits > 0) v = (static_cast<float>(act_code(v, scale, zero, bits)) - zero) * scale;
+    out[int64_t(m) * kp + i] = __float2half_rn(v);
   }
 }
 
@@ -74,9 +104,30 @@ int launch_act_quant(const void* x, int64_t ldx, int m, int k, int kp, int group
   return launch_status();
 }
 
+template <typename T>
+int launch_act_prologue(const void* x, int64_t ldx, int m, int k, int kp, const float* input_mul, int bits,
+                        int symmetric, float scale, float zero, void* out, cudaStream_t stream) {
+  act_prologue_kernel<T><<<m, kQuantThreads, 0, stream>>>(static_cast<const T*>(x), ldx, k, kp, input_mul, bits,
+                                                          symmetric, scale, zero, static_cast<half*>(out));
+  return launch_status();
+}
+
 }  // namespace quasr_cuda
 
 using namespace quasr_cuda;
+
+extern "C" int quasr_cuda_act_prologue(const void* x, int x_dtype, int64_t ldx, int m, int k, int kp,
+                                       const float* input_mul, int bits, int symmetric, float scale, float zero,
+                                       void* out, void* stream) {
+  if (m < 1 || k < 1 || k > kp || kp % kTileK || bits == 1 || bits < 0 || bits > 8) return -1;
+  auto s = static_cast<cudaStream_t>(stream);
+  switch (x_dtype) {
+    case 0: return launch_act_prologue<half>(x, ldx, m, k, kp, input_mul, bits, symmetric, scale, zero, out, s);
+    case 1: return launch_act_prologue<float>(x, ldx, m, k, kp, input_mul, bits, symmetric, scale, zero, out, s);
+    case 2: return launch_act_prologue<__nv_bfloat16>(x, ldx, m, k, kp, input_mul, bits, symmetric, scale, zero, out, s);
+    default: return -1;
+  }
+}
 
 extern "C" int quasr_cuda_act_quant(const void* x, int x_dtype, int64_t ldx, int m, int k, int kp, int group_size,
                                     const float* input_mul, int bits, int symmetric, float scale, float zero,

@@ -43,14 +43,16 @@ Shape check_layout(const at::Tensor& x, const at::Tensor& words, int64_t bits, i
   TORCH_CHECK(words.scalar_type() == at::kInt && words.is_contiguous(), "quasr_cuda::", op,
               ": words must be the contiguous int32 tiled layout (quasr_cuda::tile)");
   TORCH_CHECK(bits >= 2 && bits <= 8, "quasr_cuda::", op, ": bits must be 2..8, got ", bits);
-  TORCH_CHECK(x.size(-1) == in_features, "quasr_cuda::", op, ": input has ", x.size(-1), " features, layer expects ",
-              in_features);
   const int64_t np = quasr_cuda::padded_n(out_features);
   TORCH_CHECK(words.numel() * 32 % (np * bits) == 0, "quasr_cuda::", op, ": layout size does not match the shape");
   const int64_t kp = words.numel() * 32 / (np * bits);
   TORCH_CHECK(kp % 32 == 0 && kp >= in_features && group_size % 32 == 0 && kp % group_size == 0, "quasr_cuda::", op,
               ": inconsistent K (in_features ", in_features, ", padded ", kp, ", group_size ", group_size, ")");
-  return {x.numel() / std::max<int64_t>(in_features, 1), in_features, kp, out_features};
+  // x has the layer's features, or is already padded to kp (act_prologue's output)
+  TORCH_CHECK(x.size(-1) == in_features || x.size(-1) == kp, "quasr_cuda::", op, ": input has ", x.size(-1),
+              " features, layer expects ", in_features);
+  const int64_t k = x.size(-1);
+  return {x.numel() / std::max<int64_t>(k, 1), k, kp, out_features};
 }
 
 at::Tensor finish(const at::Tensor& out, const at::Tensor& x, int64_t n) {
@@ -156,6 +158,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> act_quant_cuda(
   return {e, sx, c, esum};
 }
 
+at::Tensor act_prologue_cuda(const at::Tensor& x, const std::optional<at::Tensor>& input_mul, int64_t kp,
+                             int64_t act_bits, bool act_symmetric, double act_scale, double act_zero) {
+  TORCH_CHECK(x.is_cuda(), "quasr_cuda::act_prologue: x must be a CUDA tensor");
+  TORCH_CHECK(act_bits == 0 || (act_bits >= 2 && act_bits <= 8), "quasr_cuda::act_prologue: act_bits must be 0 "
+              "(multiply only) or 2..8, got ", act_bits);
+  c10::cuda::CUDAGuard guard(x.device());
+  const int64_t k = x.size(-1), m = x.numel() / std::max<int64_t>(k, 1);
+  TORCH_CHECK(kp % 32 == 0 && kp >= k, "quasr_cuda::act_prologue: padded K ", kp, " for ", k, " features");
+  auto x2 = x.reshape({m, k});
+  if (x_dtype_code(x2.scalar_type()) < 0) x2 = x2.to(at::kFloat);
+  x2 = x2.contiguous();
+  const auto mul = float_vector(input_mul, k, "input_mul");
+  auto out = at::empty({m, kp}, x2.options().dtype(at::kHalf));
+  if (m == 0) return out;
+  check_launch(quasr_cuda_act_prologue(x2.data_ptr(), x_dtype_code(x2.scalar_type()), k, static_cast<int>(m),
+                                       static_cast<int>(k), static_cast<int>(kp),
+                                       mul ? mul->data_ptr<float>() : nullptr, static_cast<int>(act_bits),
+                                       act_symmetric, static_cast<float>(act_scale), static_cast<float>(act_zero),
+                                       out.data_ptr(), stream_of(x2)),
+               "act_prologue");
+  return out;
+}
+
 at::Tensor qlinear_i8_cuda(const at::Tensor& x, const at::Tensor& words, const at::Tensor& params,
                            const std::optional<at::Tensor>& bias, int64_t bits, int64_t group_size,
                            int64_t in_features, int64_t out_features, const std::optional<at::Tensor>& input_mul,
@@ -189,6 +214,8 @@ TORCH_LIBRARY(quasr_cuda, m) {
         "int in_features, int out_features, int path=0, int splits=0) -> Tensor");
   m.def("act_quant(Tensor x, Tensor? input_mul, int kp, int group_size, int act_bits, bool act_symmetric, "
         "float act_scale, float act_zero) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("act_prologue(Tensor x, Tensor? input_mul, int kp, int act_bits, bool act_symmetric, float act_scale, "
+        "float act_zero) -> Tensor");
   m.def("qlinear_i8(Tensor x, Tensor words, Tensor params, Tensor? bias, int bits, int group_size, int in_features, "
         "int out_features, Tensor? input_mul, int act_bits, bool act_symmetric, float act_scale, float act_zero) "
         "-> Tensor");
@@ -198,6 +225,7 @@ TORCH_LIBRARY_IMPL(quasr_cuda, CUDA, m) {
   m.impl("tile", &tile_cuda);
   m.impl("qlinear_f16", &qlinear_f16_cuda);
   m.impl("act_quant", &act_quant_cuda);
+  m.impl("act_prologue", &act_prologue_cuda);
   m.impl("qlinear_i8", &qlinear_i8_cuda);
 }
 

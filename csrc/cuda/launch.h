@@ -40,6 +40,12 @@ int quasr_cuda_act_quant(const void* x, int x_dtype, int64_t ldx, int m, int k, 
                          const float* input_mul, int bits, int symmetric, float scale, float zero, int8_t* e,
                          float* sx, float* c, int32_t* esum, void* stream);
 
+// The fp16 kernels' activation prologue: x (as above) times input_mul, fake-quantized on the b-bit
+// grid when bits > 0 (dynamic per-token ranges, or the static (scale, zero) when scale > 0), written
+// as fp16 [m, kp] (zeros past k).
+int quasr_cuda_act_prologue(const void* x, int x_dtype, int64_t ldx, int m, int k, int kp, const float* input_mul,
+                            int bits, int symmetric, float scale, float zero, void* out, void* stream);
+
 // int8 activations x codes on integer tensor cores (mma s8 x u8, int32 sums folded per group).
 int quasr_cuda_gemm_i8(const int8_t* e, const float* sx, const float* c, const int32_t* esum, int m,
                        const uint32_t* words, const float* params, int n, int kp, int group_size, int bits,

@@ -11,6 +11,7 @@ or repacks for this one call when called without a module)."""
 from __future__ import annotations
 
 import functools
+import importlib.util
 import math
 import os
 from dataclasses import dataclass
@@ -238,28 +239,32 @@ class NativeCUDA(Backend):
     tensor-core kernels over its fragment-order repack of the planes (cuda_layout.py): a GEMV with
     split-K for M <= 16 and an mma.sync GEMM above; layers that quantize their activations to int8
     run on integer tensor cores (per-token dynamic or static per-tensor ranges, quantized in a fused
-    kernel in front). Other activation modes (per-group ranges, fewer bits with a fractional static
-    zero) are fake-quantized first, then run the fp16 kernels."""
+    kernel in front) from M = 17; below, and for fractional static zeros, the same fused kernel
+    fake-quantizes x for the fp16 GEMV. Per-group ranges are fake-quantized in torch first."""
 
     name = "cuda"
     description = "native CUDA kernels (csrc/cuda: tensor-core GEMV/GEMM, int8 mma)"
     devices = ("cuda",)
     PATH_IDS = {"gemv": 1, "gemm": 2}  # the `path` argument of quasr_cuda::qlinear_f16
+    # Below this M the int8 path quantizes x in the fused prologue and runs the fp16 GEMV on the
+    # fake-quantized values (the int8 GEMM's 64-row tiles would leave most multiprocessors idle).
+    INT8_GEMM_MIN_M = 17
 
     def __init__(self):
-        self._error = None
+        self._error = ""
+        if importlib.util.find_spec(__package__.rpartition(".")[0] + "._C_cuda") is None:
+            self._error = ("CUDA kernels not built (no quasr._C_cuda): they build where a CUDA toolkit (CUDA_HOME) "
+                           "and a CUDA build of torch are present: pip install --no-build-isolation .")
+            return
+        try:  # registers torch.ops.quasr_cuda.* (TORCH_LIBRARY in csrc/cuda/binding.cpp)
+            from .. import _C_cuda  # noqa: F401
+        except ImportError as exc:  # built, but does not load here (e.g. another CUDA runtime)
+            self._error = f"CUDA kernels do not load: {exc}"
+            return
+        _register_cuda_fakes()
+        _register_seam_kernel(self)
 
     def status(self) -> str:
-        if self._error is None:
-            try:  # registers torch.ops.quasr_cuda.* (TORCH_LIBRARY in csrc/cuda/binding.cpp)
-                from .. import _C_cuda  # noqa: F401
-
-                self._error = ""
-                _register_cuda_fakes()
-                _register_seam_kernel(self)
-            except ImportError as exc:
-                self._error = (f"CUDA kernels not built ({exc}); they build where a CUDA toolkit (CUDA_HOME) "
-                               "and a CUDA build of torch are present: pip install --no-build-isolation .")
         if self._error:
             return self._error
         if not torch.cuda.is_available():
@@ -291,10 +296,20 @@ class NativeCUDA(Backend):
     def qlinear(self, x, pw, bias, input_mul, act, path, layout=None):
         if layout is None:
             layout = self.repack(pw)
-        if act is not None and path == "int8" and self.int8_supported(pw, act):
+        m = x.numel() // max(x.shape[-1], 1)
+        if act is not None and path == "int8" and m >= self.INT8_GEMM_MIN_M and self.int8_supported(pw, act):
             return self.qlinear_int8(x, pw, bias, input_mul, act, layout)
-        if act is not None or input_mul is not None:  # not fused here: transform x, then the fp16 kernels
+        if act is not None and act.per_group:  # per-group ranges are not fused here: transform x first
             x = reference.input_transform(x, input_mul, act, pw.group_size).to(x.dtype)
+        elif act is not None or input_mul is not None:  # fused prologue: multiply, fake-quant, fp16, padded
+            scale, zero = (0.0, 0.0) if act is None or act.dynamic else (float(act.scale), float(act.zero))
+            xq = torch.ops.quasr_cuda.act_prologue(x, input_mul, pw.padded_in_features, act.bits if act else 0,
+                                                   bool(act and act.symmetric), scale, zero)
+            y = self._f16(xq, pw, bias, path, layout)
+            return y.view(*x.shape[:-1], pw.out_features).to(x.dtype)
+        return self._f16(x, pw, bias, path, layout)
+
+    def _f16(self, x, pw, bias, path, layout):
         return torch.ops.quasr_cuda.qlinear_f16(x, layout.words, layout.f16_params, layout.frac_zeros, bias, pw.bits,
                                                 pw.group_size, pw.in_features, pw.out_features,
                                                 self.PATH_IDS.get(path, 0), 0)
@@ -337,7 +352,7 @@ def _register_cuda_fakes() -> None:
     @torch.library.register_fake("quasr_cuda::qlinear_f16")
     def _qlinear_f16_fake(x, words, params, frac, bias, bits, group_size, in_features, out_features, path=0,
                           splits=0):
-        torch._check(x.shape[-1] == in_features)
+        torch._check(x.shape[-1] >= in_features)  # the layer's features, or padded ones (act_prologue)
         return x.new_empty((*x.shape[:-1], out_features))
 
     @torch.library.register_fake("quasr_cuda::qlinear_i8")
@@ -345,6 +360,10 @@ def _register_cuda_fakes() -> None:
                          act_symmetric, act_scale, act_zero):
         torch._check(x.shape[-1] == in_features)
         return x.new_empty((*x.shape[:-1], out_features))
+
+    @torch.library.register_fake("quasr_cuda::act_prologue")
+    def _act_prologue_fake(x, input_mul, kp, act_bits, act_symmetric, act_scale, act_zero):
+        return x.new_empty((x.numel() // x.shape[-1], kp), dtype=torch.float16)
 
     @torch.library.register_fake("quasr_cuda::act_quant")
     def _act_quant_fake(x, input_mul, kp, group_size, act_bits, act_symmetric, act_scale, act_zero):
