@@ -25,14 +25,6 @@ class CudaLayout:
     in_features: int
     out_features: int
 
-    @property
-    def padded_in_features(self) -> int:
-        return self.words.numel() * TILE // (self.padded_out_features * self.bits)
-
-    @property
-    def padded_out_features(self) -> int:
-        return -(-self.out_features // TILE) * TILE
-
 
 def zero_points(pw: PackedWeight) -> torch.Tensor:
     """float32 [N, groups]: the stored zeros, or 2^(b-1) for symmetric weights."""
