@@ -4,8 +4,10 @@ and act_quant.cuh (the functions every kernel runs) compiled with g++ into a sma
 layouts of mma.m16n8k16 / m16n8k32, every width, group size and zero-point kind. No GPU needed."""
 
 import ctypes
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -203,3 +205,16 @@ def test_static_activation_range_matches_fake_quant(cuda_host_lib):
     back = np.zeros((2, 64), dtype=np.float32)
     back[:, order] = (e.astype(np.float32) + c[:, None]) * sx[:, None]
     torch.testing.assert_close(torch.from_numpy(back), fake_quant(x, 0.02, 120.0, 8), rtol=1e-6, atol=1e-7)
+
+
+def test_the_build_says_why_the_cuda_kernels_are_skipped():
+    """setup.py on a CPU torch: the CPU build goes on with a note; QUASR_BUILD_CUDA=1 makes it an error."""
+    env = dict(os.environ, QUASR_BUILD_CUDA="auto")
+    ok = subprocess.run([sys.executable, "setup.py", "--version"], cwd=ROOT, env=env, capture_output=True, text=True)
+    if torch.version.cuda is not None:
+        pytest.skip("a CUDA build of torch: setup.py builds the kernels here")
+    assert ok.returncode == 0 and "building without the CUDA kernels: torch here is a CPU build" in ok.stderr
+    env["QUASR_BUILD_CUDA"] = "1"
+    strict = subprocess.run([sys.executable, "setup.py", "--version"], cwd=ROOT, env=env, capture_output=True,
+                            text=True)
+    assert strict.returncode != 0 and "QUASR_BUILD_CUDA=1 requires them" in strict.stderr
