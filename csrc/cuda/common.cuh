@@ -1,8 +1,7 @@
 // Small pieces every kernel file shares: the bit-width switch and output stores.
 #pragma once
 
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
+#include "device.cuh"
 
 // Runs the statement with `B` a compile-time constant equal to `bits` (2..8); else returns -1.
 #define QUASR_BITS_SWITCH(bits, B, ...)          \
@@ -22,6 +21,8 @@ namespace quasr_cuda {
 __device__ __forceinline__ void store_out(half* p, float v) { *p = __float2half_rn(v); }
 __device__ __forceinline__ void store_out(float* p, float v) { *p = v; }
 
+#if defined(__CUDACC__)
 inline int launch_status() { return static_cast<int>(cudaGetLastError()); }
+#endif
 
 }  // namespace quasr_cuda

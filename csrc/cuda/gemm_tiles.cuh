@@ -62,4 +62,12 @@ struct GemmTiles {
   }
 };
 
+// One block per 128 columns and 32 * mt rows.
+inline dim3 gemm_grid(int m, int n, int mt) {
+  dim3 grid;
+  grid.x = (n + 4 * kTileN - 1) / (4 * kTileN);
+  grid.y = (m + 32 * mt - 1) / (32 * mt);
+  return grid;
+}
+
 }  // namespace quasr_cuda

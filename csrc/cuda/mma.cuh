@@ -1,13 +1,18 @@
 // Thin wrappers over the PTX the kernels use (sm_80+): tensor-core mma, ldmatrix, cp.async, and the
-// fp16 dequantization of a fragment register. Device code only.
+// fp16 dequantization of a fragment register. On the host (tests/simt_check.cpp) the same names
+// come from the warp simulator (tests/simt_host.h), which implements them from the PTX ISA's
+// fragment tables.
 #pragma once
 
-#include <cuda_fp16.h>
 #include <stdint.h>
+#include <string.h>
 
+#include "device.cuh"
 #include "tile_layout.cuh"
 
 namespace quasr_cuda {
+
+#if defined(__CUDACC__)
 
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
@@ -44,9 +49,18 @@ __device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool v
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+#endif  // __CUDACC__
 
-__device__ __forceinline__ half2 as_half2(uint32_t v) { return *reinterpret_cast<half2*>(&v); }
-__device__ __forceinline__ uint32_t as_u32(half2 v) { return *reinterpret_cast<uint32_t*>(&v); }
+__device__ __forceinline__ half2 as_half2(uint32_t v) {
+  half2 h;
+  memcpy(&h, &v, 4);
+  return h;
+}
+__device__ __forceinline__ uint32_t as_u32(half2 v) {
+  uint32_t u;
+  memcpy(&u, &v, 4);
+  return u;
+}
 
 // The two B-fragment registers (b0 b1, b2 b3) of k-tile kt and n-tile nt, dequantized:
 // w = (code - zero) * scale in fp16. 1024 + code comes exact from the magic number; with integer

@@ -3,98 +3,10 @@
 // 64-deep K step (gemm_tiles.cuh). Each warp owns (16 * MT) rows x one column super-tile: its lane
 // reads its own words of the super-tile from shared memory and dequantizes them straight into B
 // fragments (mma.cuh dequant_b), reused across the warp's MT row tiles.
-#include "common.cuh"
-#include "gemm_tiles.cuh"
 #include "launch.h"
+#include "qgemm_f16_kernel.cuh"
 
 namespace quasr_cuda {
-
-template <int BITS, int MT>
-struct F16Gemm {
-  using Tiles = GemmTiles<BITS, MT, kF16TilesPerStage>;
-  static constexpr int kParamBytes = kF16ParamBytesPerStage;
-  static constexpr int kStageBytes = Tiles::kStageBytes + kParamBytes;
-  static constexpr int kSmem = f16_gemm_smem(BITS, MT);
-  static_assert(kSmem == kStages * kStageBytes, "gemm_config.h disagrees");
-};
-
-template <int BITS, int MT, typename OutT>
-__global__ void __launch_bounds__(kGemmThreads)
-    gemm_f16_kernel(const half* __restrict__ x, int m, const uint32_t* __restrict__ words,
-                    const half2* __restrict__ params, int frac, int n, int kp, int group_size,
-                    const float* __restrict__ bias, OutT* __restrict__ out) {
-  using G = F16Gemm<BITS, MT>;
-  using Tiles = typename G::Tiles;
-  extern __shared__ __align__(16) uint8_t smem[];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wm = warp / 4, wn = warp % 4;
-  const int ks_count = kp / kTileK, ns_count = (n + kTileN - 1) / kTileN, groups = kp / group_size;
-  const int row0 = blockIdx.y * Tiles::kRows, ns0 = blockIdx.x * 4;
-  const int k_steps = (ks_count + kF16TilesPerStage - 1) / kF16TilesPerStage;
-
-  auto stage_a = [&](int s) { return smem + s * G::kStageBytes; };
-  auto stage_b = [&](int s) { return reinterpret_cast<uint32_t*>(smem + s * G::kStageBytes + Tiles::kABytes); };
-  auto stage_p = [&](int s) { return smem + s * G::kStageBytes + Tiles::kStageBytes; };
-
-  auto load_stage = [&](int s, int step) {
-    const int tile0 = step * kF16TilesPerStage;
-    Tiles::load_a(stage_a(s), reinterpret_cast<const uint8_t*>(x), int64_t(kp) * 2, m, row0, int64_t(tile0) * 64);
-    Tiles::load_b(stage_b(s), words, ns0, ns_count, tile0, ks_count);
-    for (int i = threadIdx.x; i < G::kParamBytes / 16; i += kGemmThreads) {
-      const int tile = tile0 + i / 32, nsl = i / 8 % 4, chunk = i % 8;
-      const bool valid = tile < ks_count && ns0 + nsl < ns_count;
-      const half2* src = valid ? params + f16_param_index(ns0 + nsl, tile * kTileK / group_size, groups, 0, 0) + chunk * 4
-                               : params;
-      cp_async16(smem_addr(stage_p(s) + i * 16), src, valid);
-    }
-  };
-
-  float acc[MT][4][4] = {};
-#pragma unroll
-  for (int s = 0; s < kStages - 1; ++s) {
-    if (s < k_steps) load_stage(s, s);
-    cp_async_commit();
-  }
-  for (int step = 0; step < k_steps; ++step) {
-    cp_async_wait<kStages - 2>();
-    __syncthreads();  // the stage is in, and every warp is done with the one refilled below
-    if (step + kStages - 1 < k_steps) load_stage((step + kStages - 1) % kStages, step + kStages - 1);
-    cp_async_commit();
-    const int s = step % kStages;
-#pragma unroll
-    for (int tile = 0; tile < kF16TilesPerStage; ++tile) {
-      uint32_t w[BITS];
-      load_lane_words<BITS>(Tiles::b_tile(stage_b(s), wn, tile), lane, w);
-      const uint4 pv = *reinterpret_cast<const uint4*>(stage_p(s) + ((tile * 4 + wn) * 8 + lane / 4) * 16);
-      const uint32_t p4[4] = {pv.x, pv.y, pv.z, pv.w};
-#pragma unroll
-      for (int kt = 0; kt < 2; ++kt) {
-        uint32_t a[MT][4];
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt) Tiles::a_fragment(a[mt], stage_a(s), (wm * MT + mt) * 16, tile * 4 + kt * 2);
-#pragma unroll
-        for (int nt = 0; nt < 4; ++nt) {
-          uint32_t b0, b1;
-          dequant_b<BITS>(w, kt, nt, __low2half2(as_half2(p4[nt])), __high2half2(as_half2(p4[nt])), frac != 0, b0,
-                          b1);
-#pragma unroll
-          for (int mt = 0; mt < MT; ++mt) mma_f16(acc[mt][nt], a[mt], b0, b1);
-        }
-      }
-    }
-  }
-  cp_async_wait<0>();
-
-  const int col0 = (ns0 + wn) * kTileN + 2 * (lane & 3);
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-    for (int nt = 0; nt < 4; ++nt)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int r = row0 + (wm * MT + mt) * 16 + (lane >> 2) + (i >= 2 ? 8 : 0), c = col0 + 8 * nt + (i & 1);
-        if (r < m && c < n) store_out(out + int64_t(r) * n + c, acc[mt][nt][i] + (bias ? bias[c] : 0.f));
-      }
-}
 
 template <int BITS, int MT, typename OutT>
 int launch_gemm_f16(const void* x, int m, const uint32_t* words, const void* params, int frac, int n, int kp,
@@ -107,7 +19,7 @@ int launch_gemm_f16(const void* x, int m, const uint32_t* words, const void* par
     if (err != cudaSuccess) return static_cast<int>(err);
     configured = true;
   }
-  const dim3 grid((n + 4 * kTileN - 1) / (4 * kTileN), (m + 32 * MT - 1) / (32 * MT));
+  const dim3 grid = gemm_grid(m, n, MT);
   kernel<<<grid, kGemmThreads, smem, stream>>>(static_cast<const half*>(x), m, words,
                                                static_cast<const half2*>(params), frac, n, kp, group_size, bias, out);
   return launch_status();
