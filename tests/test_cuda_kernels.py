@@ -1,17 +1,14 @@
 """The CUDA backend (csrc/cuda, quasr._C_cuda) on a GPU: the device re-tiling equals the host one,
 the fp16 GEMV / split-K / GEMM and the int8 tensor-core path match the plain-torch reference for
 every width, group size and zero-point kind, the activation quantization is bit-exact with the
-host check, the seam's op and the dispatcher route CUDA layers here, and a mixed-precision model
-runs each layer on it. Skipped without a GPU and the built extension (CI verifies the same layout
+host check, and the seam's op and the dispatcher route CUDA layers here (a mixed-precision model on
+it: tests/test_cuda_triton.py). Skipped without a GPU and the built extension (CI verifies the same layout
 and integer math on the host: tests/test_cuda_host.py); run by bench/gpu_check.sh."""
-
-import copy
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import FAMILIES, tiny_family
 from quasr import ops
 from quasr.format import PackedWeight, pack_codes, resolve_group_size
 from quasr.kernels import BACKENDS, choose, forced, reference
@@ -153,32 +150,3 @@ def test_the_dispatcher_and_the_seam_op_route_cuda_layers_here():
     assert rel_err(got, reference.qlinear(x.float(), pw)) < 5e-3
     with forced("cuda", "gemm"):
         assert rel_err(ops.qlinear(x, pw), reference.qlinear(x.float(), pw)) < 5e-3
-
-
-def _mixed(model):
-    from quasr.plan import uniform_plan
-
-    plan = uniform_plan(model, 4, 32)
-    for i, name in enumerate(sorted(n for n, s in plan["layers"].items() if isinstance(s, dict))):
-        plan["layers"][name] = dict(plan["layers"][name], bits=(2, 3, 4, 5, 6, 7, 8)[i % 7])
-    return plan
-
-
-@pytest.mark.parametrize("family", FAMILIES)
-def test_a_mixed_precision_model_runs_every_layer_on_the_cuda_kernels(family, tmp_path):
-    from quasr.adapters import get_adapter
-    from quasr.nn import prepare_runtime
-    from quasr.plan import swap
-
-    model, processor = tiny_family(family, tmp_path)
-    swap(model, _mixed(model), progress=False)
-    cpu = get_adapter(model, processor)
-    rng = np.random.default_rng(0)
-    batch = cpu.calibration_batches([rng.normal(0, 0.1, 16000).astype(np.float32) for _ in range(2)], batch_size=2)[0]
-    with torch.inference_mode():
-        ref = cpu.forward_logits(batch)
-    inputs = {k: v.cuda() if torch.is_tensor(v) else v for k, v in batch.inputs.items()}
-    with forced("cuda"), torch.inference_mode():
-        gpu = prepare_runtime(copy.deepcopy(model).cuda())
-        out = gpu(**inputs).logits
-    torch.testing.assert_close(out.float().cpu(), ref, rtol=1e-2, atol=1e-2)

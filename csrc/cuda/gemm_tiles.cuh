@@ -62,6 +62,26 @@ struct GemmTiles {
   }
 };
 
+// The kStages-deep pipeline: load_stage(stage, step) issues a step's copies, compute(stage, step)
+// consumes a step whose copies have landed. Before a stage is refilled every warp has passed the
+// barrier after computing on it.
+template <class Load, class Compute>
+__device__ __forceinline__ void run_pipeline(int k_steps, const Load& load_stage, const Compute& compute) {
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < k_steps) load_stage(s, s);
+    cp_async_commit();
+  }
+  for (int step = 0; step < k_steps; ++step) {
+    cp_async_wait<kStages - 2>();
+    __syncthreads();  // the stage is in, and every warp is done with the one refilled below
+    if (step + kStages - 1 < k_steps) load_stage((step + kStages - 1) % kStages, step + kStages - 1);
+    cp_async_commit();
+    compute(step % kStages, step);
+  }
+  cp_async_wait<0>();
+}
+
 // One block per 128 columns and 32 * mt rows.
 inline dim3 gemm_grid(int m, int n, int mt) {
   dim3 grid;

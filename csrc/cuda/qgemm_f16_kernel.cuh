@@ -46,17 +46,7 @@ __global__ void __launch_bounds__(kGemmThreads)
   };
 
   float acc[MT][4][4] = {};
-#pragma unroll
-  for (int s = 0; s < kStages - 1; ++s) {
-    if (s < k_steps) load_stage(s, s);
-    cp_async_commit();
-  }
-  for (int step = 0; step < k_steps; ++step) {
-    cp_async_wait<kStages - 2>();
-    __syncthreads();  // the stage is in, and every warp is done with the one refilled below
-    if (step + kStages - 1 < k_steps) load_stage((step + kStages - 1) % kStages, step + kStages - 1);
-    cp_async_commit();
-    const int s = step % kStages;
+  run_pipeline(k_steps, load_stage, [&](int s, int step) {
 #pragma unroll
     for (int tile = 0; tile < kF16TilesPerStage; ++tile) {
       uint32_t w[BITS];
@@ -78,8 +68,7 @@ __global__ void __launch_bounds__(kGemmThreads)
         }
       }
     }
-  }
-  cp_async_wait<0>();
+  });
 
   const int col0 = (ns0 + wn) * kTileN + 2 * (lane & 3);
 #pragma unroll

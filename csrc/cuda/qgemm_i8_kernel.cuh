@@ -41,17 +41,7 @@ __global__ void __launch_bounds__(kGemmThreads)
 
   int32_t isum[MT][4][4] = {};
   float acc[MT][4][4] = {};
-#pragma unroll
-  for (int s = 0; s < kStages - 1; ++s) {
-    if (s < k_steps) load_stage(s, s);
-    cp_async_commit();
-  }
-  for (int step = 0; step < k_steps; ++step) {
-    cp_async_wait<kStages - 2>();
-    __syncthreads();
-    if (step + kStages - 1 < k_steps) load_stage((step + kStages - 1) % kStages, step + kStages - 1);
-    cp_async_commit();
-    const int s = step % kStages;
+  run_pipeline(k_steps, load_stage, [&](int s, int step) {
 #pragma unroll
     for (int tile = 0; tile < kI8TilesPerStage; ++tile) {
       const int ks = step * kI8TilesPerStage + tile;
@@ -93,8 +83,7 @@ __global__ void __launch_bounds__(kGemmThreads)
         }
       }
     }
-  }
-  cp_async_wait<0>();
+  });
 
   const int col0 = ns * kTileN + 2 * t;
 #pragma unroll
