@@ -20,14 +20,21 @@
 
 namespace {
 
-// The M limit of the GEMV (one 16-row A fragment) and where the GEMM switches to 128-row blocks.
-constexpr int64_t kGemvMaxM = 16, kTallBlocksMinM = 512;
+// The M limit of the GEMV (one 16-row A fragment).
+constexpr int64_t kGemvMaxM = 16;
 constexpr int64_t kPathAuto = 0, kPathGemv = 1, kPathGemm = 2;
 
 void check_launch(int status, const char* what) {
   TORCH_CHECK(status != -1, "quasr_cuda::", what, ": the kernel cannot take these arguments (a bug in the caller)");
   TORCH_CHECK(status == 0, "quasr_cuda::", what, ": launch failed: ",
               cudaGetErrorString(static_cast<cudaError_t>(status)));
+}
+
+// The GEMMs' block rows (32 * m_tiles): 128-row blocks where they still give every multiprocessor two
+// blocks (Whisper's 512-wide layers at M = 1500 give only 48 of them), else 64-row blocks.
+int m_tiles_for(int64_t m, int64_t n) {
+  const int64_t tall_blocks = (m + 127) / 128 * ((n + 127) / 128);
+  return tall_blocks >= 2 * quasr_cuda_sm_count() ? 4 : 2;
 }
 
 void* stream_of(const at::Tensor& t) { return c10::cuda::getCurrentCUDAStream(t.device().index()).stream(); }
@@ -123,7 +130,7 @@ at::Tensor qlinear_f16_cuda(const at::Tensor& x, const at::Tensor& words, const 
                                      reinterpret_cast<const uint32_t*>(words.data_ptr<int32_t>()), params.data_ptr(),
                                      frac, static_cast<int>(s.n), static_cast<int>(s.kp), static_cast<int>(group_size),
                                      static_cast<int>(bits), bias_ptr, out.data_ptr(),
-                                     s.m >= kTallBlocksMinM ? 4 : 2, stream),
+                                     m_tiles_for(s.m, s.n), stream),
                  "qlinear_f16 (gemm)");
   }
   return finish(out, x, s.n);
@@ -198,7 +205,7 @@ at::Tensor qlinear_i8_cuda(const at::Tensor& x, const at::Tensor& words, const a
                                   reinterpret_cast<const uint32_t*>(words.data_ptr<int32_t>()), params.data_ptr<float>(),
                                   static_cast<int>(s.n), static_cast<int>(s.kp), static_cast<int>(group_size),
                                   static_cast<int>(bits), b ? b->data_ptr<float>() : nullptr, out.data_ptr(),
-                                  s.m >= kTallBlocksMinM ? 4 : 2, stream_of(e)),
+                                  m_tiles_for(s.m, s.n), stream_of(e)),
                "qlinear_i8");
   return finish(out, x, s.n);
 }
