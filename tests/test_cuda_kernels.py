@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from quasr import ops
-from quasr.format import PackedWeight, pack_codes, resolve_group_size
 from quasr.kernels import BACKENDS, choose, forced, reference
 from quasr.kernels.reference import ActQuant
 from test_cuda_host import _quantize_rows, tile
+from test_cuda_simt import random_packed as host_packed, rel_err
 
 CUDA = BACKENDS["cuda"]
 pytestmark = [pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
@@ -24,21 +24,9 @@ BITS = [2, 3, 4, 5, 6, 7, 8]
 
 
 def random_packed(n, k, bits, group, zeros_kind, seed):
-    gen = torch.Generator().manual_seed(seed)
-    g, kp = resolve_group_size(group, k)
-    codes = torch.randint(0, 1 << bits, (n, kp), generator=gen, dtype=torch.int32)
-    scales = (torch.rand(n, kp // g, generator=gen) * 0.02 + 0.002).half()
-    zeros = None
-    if zeros_kind == "int":
-        zeros = torch.randint(0, 1 << bits, (n, kp // g), generator=gen).half()
-    elif zeros_kind == "frac":  # HQQ-style fractional zero points
-        zeros = (torch.rand(n, kp // g, generator=gen) * ((1 << bits) - 1)).half()
-    pw = PackedWeight(pack_codes(codes, bits), scales, zeros, bits, g, k)
-    return type(pw)(pw.packed.cuda(), pw.scales.cuda(), None if zeros is None else pw.zeros.cuda(), bits, g, k)
-
-
-def rel_err(got, want):
-    return float((got.float() - want.float()).abs().max() / want.float().abs().max().clamp(min=1e-6))
+    pw = host_packed(n, k, bits, group, zeros_kind, seed)
+    return type(pw)(pw.packed.cuda(), pw.scales.cuda(), None if pw.zeros is None else pw.zeros.cuda(), bits,
+                    pw.group_size, k)
 
 
 @pytest.mark.parametrize("bits", BITS)
@@ -142,8 +130,9 @@ def test_unfused_activation_modes_fall_back_to_fake_quant():
 
 def test_the_dispatcher_and_the_seam_op_route_cuda_layers_here():
     assert choose("cuda", 4, 128, 1, 512, 512).backend in ("cuda", "triton")  # the table may prefer Triton
-    assert choose("cuda", 4, 128, 1, 512, 512, int8_acts=True) == choose("cuda", 4, 128, 1, 512, 512, True)
-    assert choose("cuda", 4, 128, 64, 512, 512, True).path == "int8"
+    for m in (1, 64):  # activation-quantizing layers take the CUDA int8 path at every M
+        choice = choose("cuda", 4, 128, m, 512, 512, True)
+        assert (choice.backend, choice.path) == ("cuda", "int8")
     pw = random_packed(96, 200, 5, 32, "int", 2)
     x = torch.randn(3, 200, device="cuda").half()
     got = torch.ops.quasr.qlinear(x, pw.packed, pw.scales, pw.zeros, None, 5, 32, 200)

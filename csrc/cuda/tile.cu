@@ -5,11 +5,19 @@
 
 using namespace quasr_cuda;
 
+// Asked per GEMV/GEMM call (split-K and tile choice): read once per device, then kept.
 extern "C" int quasr_cuda_sm_count(void) {
-  int device = 0, count = 0;
-  if (cudaGetDevice(&device) != cudaSuccess) return 0;
-  if (cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) return 0;
-  return count;
+  constexpr int kMaxDevices = 64;
+  static int counts[kMaxDevices] = {};
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || device < 0) return 0;
+  if (device >= kMaxDevices || counts[device] == 0) {
+    int count = 0;
+    if (cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) return 0;
+    if (device >= kMaxDevices) return count;
+    counts[device] = count;
+  }
+  return counts[device];
 }
 
 extern "C" int quasr_cuda_tile(const uint8_t* packed, int64_t n, int64_t kp, int bits, uint32_t* words,

@@ -138,9 +138,9 @@ def _choose(dev: str, bits: int, group: int, m: int, n: int, k: int, override: s
         if not backend.supports(dev, bits, group, n, k):
             raise ValueError(f"{source} kernel {override!r} cannot run a {bits}-bit layer on {dev}")
         return Choice(name, path or _default_path(backend.name, m, int8_acts), source)
-    native = BACKENDS["cpu" if dev == "cpu" else "cuda"] if dev in ("cpu", "cuda") else None
-    if int8_acts and native is not None and "int8" in native.paths:  # one path for every M (the kernels tile by M)
-        return Choice(native.name, "int8", "default")
+    # the native backend of the device (named like it) has the int8 path: one path for every M (the kernels tile by M)
+    if int8_acts and dev in ("cpu", "cuda") and "int8" in BACKENDS[dev].paths:
+        return Choice(dev, "int8", "default")
     kind = machine_kind(dev) if dev in ("cpu", "cuda") else dev
     for rule in load_table(kind):
         backend = BACKENDS.get(rule["backend"])
@@ -155,12 +155,10 @@ def _choose(dev: str, bits: int, group: int, m: int, n: int, k: int, override: s
 
 def _default_path(backend: str, m: int, int8_acts: bool = False) -> str:
     paths = BACKENDS[backend].paths
-    if backend == "cpu" and int8_acts and "int8" in paths:
+    if int8_acts and "int8" in paths:  # the native backends' int8 path (CPU, CUDA)
         return "int8"
     if backend == "cpu" and "gemv" in paths:
         return "gemv" if m <= GEMV_MAX_M else "gemm" if m < BLAS_MIN_M else "blas"
-    if backend == "cuda" and int8_acts and "int8" in paths:
-        return "int8"
     if backend in ("triton", "cuda"):  # GemLite's split: GEMV/split-K for decoder steps, tensor-core tiles beyond
         return "gemv" if m <= TRITON_GEMV_MAX_M else "gemm"
     return paths[0]

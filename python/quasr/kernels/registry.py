@@ -302,7 +302,7 @@ class NativeCUDA(Backend):
         if act is not None and act.per_group:  # per-group ranges are not fused here: transform x first
             x = reference.input_transform(x, input_mul, act, pw.group_size).to(x.dtype)
         elif act is not None or input_mul is not None:  # fused prologue: multiply, fake-quant, fp16, padded
-            scale, zero = (0.0, 0.0) if act is None or act.dynamic else (float(act.scale), float(act.zero))
+            scale, zero = _static_range(act)
             xq = torch.ops.quasr_cuda.act_prologue(x, input_mul, pw.padded_in_features, act.bits if act else 0,
                                                    bool(act and act.symmetric), scale, zero)
             y = self._f16(xq, pw, bias, path, layout)
@@ -319,7 +319,7 @@ class NativeCUDA(Backend):
             from .cuda_layout import i8_params
 
             layout.i8_params = i8_params(pw)
-        scale, zero = (0.0, 0.0) if act.dynamic else (float(act.scale), float(act.zero))
+        scale, zero = _static_range(act)
         return torch.ops.quasr_cuda.qlinear_i8(x, layout.words, layout.i8_params, bias, pw.bits, pw.group_size,
                                                pw.in_features, pw.out_features, input_mul, act.bits, act.symmetric,
                                                scale, zero)
@@ -332,6 +332,11 @@ class NativeCUDA(Backend):
         if triton is not None and triton.available():
             return triton.rotate(x, signs, orders, dense, scale)
         return reference.rotate(x, signs, orders, dense, scale)
+
+
+def _static_range(act: ActQuant | None) -> tuple[float, float]:
+    """The (scale, zero) the CUDA kernels take: a static range, or (0, 0) for per-token ranges / none."""
+    return (0.0, 0.0) if act is None or act.dynamic else (float(act.scale), float(act.zero))
 
 
 _CUDA_REGISTERED = False
