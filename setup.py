@@ -17,7 +17,8 @@ CXX_FLAGS = ["-O3", "-std=c++17", "-fno-math-errno"]
 
 cpu_ext = CppExtension(
     name="quasr._C",
-    sources=["csrc/cpu/qgemm.cpp", "csrc/cpu/qgemm_i8.cpp", "csrc/cpu/rotate.cpp", "csrc/cpu/ops.cpp"],
+    sources=["csrc/cpu/qgemm.cpp", "csrc/cpu/qgemm_i8.cpp", "csrc/cpu/rotate.cpp", "csrc/cpu/attention.cpp",
+             "csrc/cpu/ops.cpp"],
     # -fopenmp: at::parallel_for is a header template whose `#pragma omp parallel` is compiled into
     # this extension; without the flag the pragma is dropped and every quasr kernel ran on one thread
     # (GOMP resolves to the libgomp.so.1 that torch ships and has already loaded).

@@ -1,4 +1,4 @@
-// Torch binding of the CPU kernels of the `quasr::qlinear`, `dequantize` and `rotate` ops, threaded with
+// Torch binding of the CPU kernels of the `quasr::qlinear`, `dequantize`, `rotate` and `attention` ops, threaded with
 // at::parallel_for. Only the ATen headers this file needs (torch/extension.h costs ~45 s).
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -12,6 +12,7 @@
 #include <cmath>
 #include <vector>
 
+#include "attention.h"
 #include "qgemm.h"
 #include "qgemm_i8.h"
 #include "rotate.h"
@@ -214,6 +215,71 @@ at::Tensor rotate_cpu(const at::Tensor& x, const std::optional<at::Tensor>& sign
   return at::mm(parts, keep.back()).mul_(scale).view(xc.sizes());
 }
 
+// Unmasked, non-causal attention with bf16 operands (attention.h). q [B, H, Tq, D], k and v
+// [B, H, Tk, D], float32 with a contiguous last dimension (any other strides: transformers passes
+// [B, T, H, D] views). The result is [B, H, Tq, D] laid out as [B, Tq, H, D], so transformers'
+// transpose back to [B, Tq, H*D] copies nothing. kernel: 0 the AVX-512 BF16 path where the CPU has
+// it, else the portable one; 1 the AVX-512 BF16 path (an error without it); 2 the portable path.
+at::Tensor attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale, int64_t kernel) {
+  TORCH_CHECK(q.device().is_cpu() && k.device().is_cpu() && v.device().is_cpu(),
+              "quasr::attention: CPU kernel got a non-CPU tensor");
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "quasr::attention: q, k and v must be [B, H, T, D]");
+  TORCH_CHECK(k.sizes() == v.sizes(), "quasr::attention: k and v must have the same shape, got ", k.sizes(), " and ",
+              v.sizes());
+  TORCH_CHECK(q.size(0) == k.size(0) && q.size(1) == k.size(1) && q.size(3) == k.size(3),
+              "quasr::attention: q ", q.sizes(), " and k ", k.sizes(), " differ in batch, heads or head size "
+              "(grouped-query attention is not supported here: repeat the key/value heads first)");
+  TORCH_CHECK(k.size(2) >= 1 && q.size(3) >= 1, "quasr::attention: needs at least one key and one dimension");
+  TORCH_CHECK(kernel >= 0 && kernel <= 2, "quasr::attention: kernel must be 0 (auto), 1 (avx512-bf16) or 2 "
+              "(portable), got ", kernel);
+  const bool simd = kernel == 1 || (kernel == 0 && quasr::attention_bf16_supported());
+  TORCH_CHECK(!simd || quasr::attention_bf16_supported(), "quasr::attention: kernel 1 needs AVX-512 BF16, which "
+              "this CPU does not have (use kernel 0 or 2)");
+  auto rows = [](const at::Tensor& t) {
+    at::Tensor f = t.to(at::kFloat);
+    return f.stride(3) == 1 ? f : f.contiguous();
+  };
+  const at::Tensor qf = rows(q), kf = rows(k), vf = rows(v);
+  const int64_t B = q.size(0), H = q.size(1), Tq = q.size(2), Tk = k.size(2), D = q.size(3);
+  at::Tensor out = at::empty({B, Tq, H, D}, qf.options());
+  auto head = [&](int64_t bh) {
+    const int64_t b = bh / H, h = bh % H;
+    return quasr::AttentionHead{qf.data_ptr<float>() + b * qf.stride(0) + h * qf.stride(1),
+                                kf.data_ptr<float>() + b * kf.stride(0) + h * kf.stride(1),
+                                vf.data_ptr<float>() + b * vf.stride(0) + h * vf.stride(1),
+                                out.data_ptr<float>() + b * Tq * H * D + h * D,
+                                Tq, Tk, D, qf.stride(2), kf.stride(2), vf.stride(2), H * D, static_cast<float>(scale)};
+  };
+  constexpr int64_t kRows = 16;  // query rows per task: four register tiles
+  const int64_t blocks = (Tq + kRows - 1) / kRows;
+  if (!simd) {
+    at::parallel_for(0, B * H * blocks, 1, [&](int64_t t0, int64_t t1) {
+      std::vector<float> e(Tk);
+      for (int64_t t = t0; t < t1; ++t)
+        quasr::attention_rows_scalar(head(t / blocks), (t % blocks) * kRows, std::min(Tq, (t % blocks + 1) * kRows), e.data());
+    });
+    return out.transpose(1, 2);
+  }
+  const int64_t pack_bytes = quasr::attention_pack_bytes(Tk, D);
+  at::Tensor packs = at::empty({B * H * pack_bytes + 64}, qf.options().dtype(at::kByte));
+  uint8_t* base = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(packs.data_ptr<uint8_t>()) + 63) & ~uintptr_t(63));
+  at::parallel_for(0, B * H, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t bh = b0; bh < b1; ++bh) quasr::attention_pack(head(bh), base + bh * pack_bytes);
+  });
+  const int64_t scratch = quasr::attention_scratch_bytes(Tk, D);
+  at::parallel_for(0, B * H * blocks, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<uint8_t> buf(scratch + 64);
+    uint8_t* aligned = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(buf.data()) + 63) & ~uintptr_t(63));
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t bh = t / blocks, r0 = (t % blocks) * kRows;
+      quasr::attention_rows(head(bh), base + bh * pack_bytes, r0, std::min(Tq, r0 + kRows), aligned);
+    }
+  });
+  return out.transpose(1, 2);
+}
+
+bool cpu_has_bf16_attention() { return quasr::attention_bf16_supported(); }
+
 bool cpu_has_avx2() { return quasr::cpu_has_avx2_fma(); }
 
 int64_t best_isa() { return static_cast<int64_t>(quasr::best_isa()); }
@@ -306,6 +372,7 @@ at::Tensor qlinear_i8_cpu(const at::Tensor& x, const at::Tensor& codes, const at
 TORCH_LIBRARY(quasr_cpu, m) {
   m.def("has_avx2() -> bool", &cpu_has_avx2);
   m.def("best_isa() -> int", &best_isa);
+  m.def("has_bf16_attention() -> bool", &cpu_has_bf16_attention);
   // CPU kernels only (below), so that the fake implementations in kernels/registry.py can trace them
   m.def("repack_i8(Tensor packed, Tensor scales, Tensor? zeros, int bits, int group_size) -> (Tensor, Tensor)");
   m.def("qlinear_i8(Tensor x, Tensor codes, Tensor params, Tensor? bias, int bits, int group_size, int in_features, "
@@ -322,6 +389,7 @@ TORCH_LIBRARY_IMPL(quasr, CPU, m) {
   m.impl("qlinear", &qlinear_cpu);
   m.impl("dequantize", &dequantize_cpu);
   m.impl("rotate", &rotate_cpu);
+  m.impl("attention", &attention_cpu);
 }
 
 // `import quasr._C` loads this library, which runs the registrations above. No Python API here.

@@ -373,8 +373,13 @@ def prepare_runtime(model: nn.Module) -> nn.Module:
     """Build every packed layer's runtime state for the device it is on now (after `model.to(...)`):
     backend layouts, rotation factors on the device, static ranges on the host. Optional (the first
     call builds what is missing) but keeps that work, and its one device sync per static range, out
-    of the first decoding step."""
-    for module in model.modules():
-        if isinstance(module, _Packed):
-            module.prepare_runtime()
+    of the first decoding step. A quantized transformers model also gets quasr's attention where it
+    applies (integrations/attention.py; QUASR_ATTENTION=exact keeps torch's)."""
+    packed = [m for m in model.modules() if isinstance(m, _Packed)]
+    for module in packed:
+        module.prepare_runtime()
+    if packed:
+        from .integrations import attention
+
+        attention.enable(model)
     return model

@@ -98,4 +98,7 @@ def native_status() -> str:
     if not cpu.available():
         return f"reference only ({cpu.status()})"
     floats = "AVX2+FMA" if cpu.has_avx2() else "portable scalar (no AVX2)"
-    return f"native CPU kernels: {floats} (float activations), {cpu.int8_isa()} (int8 activations)"
+    attention = ("avx512-bf16 (bf16 operands; QUASR_ATTENTION=exact for torch's)" if cpu.has_bf16_attention()
+                 else "torch's float32 SDPA (no AVX-512 BF16)")
+    return (f"native CPU kernels: {floats} (float activations), {cpu.int8_isa()} (int8 activations); "
+            f"encoder attention of quantized models: {attention}")

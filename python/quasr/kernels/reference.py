@@ -112,3 +112,19 @@ def dequantize_op(packed, scales, zeros, bits, group_size, in_features):
 
 def rotate_op(x, signs, orders, dense, scale, kernel=0):
     return rotate(x, signs, list(orders), list(dense), scale)
+
+
+def attention_bf16(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """Unmasked, non-causal attention with bf16 operands and float32 sums (csrc/cpu/attention.h):
+    q * scale, k, v and the unnormalised softmax weights rounded to bf16, everything else float32.
+    q [..., Tq, D], k and v [..., Tk, D]; float32 [..., Tq, D]."""
+    def bf16(t):
+        return t.to(torch.bfloat16).float()
+
+    s = bf16(q.float() * scale) @ bf16(k.float()).transpose(-1, -2)
+    e = torch.exp(s - s.amax(-1, keepdim=True))
+    return (bf16(e) @ bf16(v.float())) / e.sum(-1, keepdim=True)
+
+
+def attention_op(q, k, v, scale, kernel=0):
+    return attention_bf16(q, k, v, scale)

@@ -115,6 +115,10 @@ class NativeCPU(Backend):
     def has_avx2(self) -> bool:
         return self.available() and bool(torch.ops.quasr_cpu.has_avx2())
 
+    def has_bf16_attention(self) -> bool:
+        """Whether `quasr::attention` runs its AVX-512 BF16 path here (csrc/cpu/attention.h)."""
+        return self.available() and bool(torch.ops.quasr_cpu.has_bf16_attention())
+
     @property
     def paths(self) -> tuple[str, ...]:
         if not self.available():

@@ -17,6 +17,9 @@ _LIB.define("qlinear(Tensor x, Tensor packed, Tensor scales, Tensor? zeros, Tens
 _LIB.define("dequantize(Tensor packed, Tensor scales, Tensor? zeros, int bits, int group_size, int in_features) "
             "-> Tensor")
 _LIB.define("rotate(Tensor x, Tensor? signs, int[] orders, Tensor?[] dense, float scale, int kernel=0) -> Tensor")
+# Unmasked, non-causal attention with bf16 operands and float32 sums (reference.attention_bf16):
+# q [B, H, Tq, D], k and v [B, H, Tk, D] -> [B, H, Tq, D]. The encoder self-attention of speech models.
+_LIB.define("attention(Tensor q, Tensor k, Tensor v, float scale, int kernel=0) -> Tensor")
 
 
 @torch.library.register_fake("quasr::qlinear")
@@ -31,6 +34,12 @@ def _rotate_fake(x, signs, orders, dense, scale, kernel=0):
     return x.new_empty(x.shape, dtype=torch.float32)
 
 
+@torch.library.register_fake("quasr::attention")
+def _attention_fake(q, k, v, scale, kernel=0):
+    b, h, t, d = q.shape
+    return q.new_empty((b, t, h, d), dtype=torch.float32).transpose(1, 2)  # the CPU kernel's layout
+
+
 @torch.library.register_fake("quasr::dequantize")
 def _dequantize_fake(packed, scales, zeros, bits, group_size, in_features):
     return packed.new_empty((packed.shape[0], in_features), dtype=torch.float32)
@@ -39,3 +48,4 @@ def _dequantize_fake(packed, scales, zeros, bits, group_size, in_features):
 _LIB.impl("qlinear", reference.qlinear_op, "CompositeExplicitAutograd")
 _LIB.impl("dequantize", reference.dequantize_op, "CompositeExplicitAutograd")
 _LIB.impl("rotate", reference.rotate_op, "CompositeExplicitAutograd")
+_LIB.impl("attention", reference.attention_op, "CompositeExplicitAutograd")

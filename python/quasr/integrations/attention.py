@@ -1,0 +1,107 @@
+"""Encoder self-attention on quasr's bf16 CPU kernel (`quasr::attention`, csrc/cpu/attention.h) for
+transformers models, through transformers' public attention interface.
+
+A quantized Whisper encoder spent half its time in torch's float32 attention (1500 x 1500 scores per
+head; bench/RESULTS.md, issue 22). `enable(model)` points the model's attention modules at
+`quasr_attention`, which runs the kernel where it applies (CPU, float32, no mask, not causal, no
+dropout, as many key as query heads, no gradient, at least `MIN_QUERIES` query rows: in practice the
+encoder's self-attention) and transformers' SDPA function everywhere else (the decoder's causal,
+masked and cached attention), with SDPA's masks.
+
+The kernel rounds q * scale, k, v and the softmax weights to bf16 and sums in float32 (about 2.5e-3
+relative error on Whisper-sized heads); docs/RESULTS.md has its effect on WER. It runs only on CPUs
+with AVX-512 BF16. `QUASR_ATTENTION=exact` (or `enable(model, "exact")`) keeps torch's attention."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+NAME = "quasr"
+ENV = "QUASR_ATTENTION"
+MODES = ("auto", "bf16", "exact")
+MIN_QUERIES = 64  # below this the rows are a decoder step's, where SDPA's fixed cost is smaller
+
+
+def kernel_available() -> bool:
+    """Whether this process runs the bf16 attention kernel (the CPU extension is built and the CPU has
+    AVX-512 BF16)."""
+    from ..kernels.registry import BACKENDS
+
+    cpu = BACKENDS["cpu"]
+    return cpu.available() and cpu.has_bf16_attention()
+
+
+def _applies(module, query, key, attention_mask, dropout, is_causal, kwargs) -> bool:
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    return (attention_mask is None and not causal and not dropout and query.device.type == "cpu"
+            and query.dtype == torch.float32 and query.dim() == 4 and query.shape[2] >= MIN_QUERIES
+            and key.shape[1] == query.shape[1] and kwargs.get("position_bias") is None
+            and kwargs.get("softcap") is None and not kwargs.get("output_attentions", False)
+            and not (torch.is_grad_enabled() and (query.requires_grad or key.requires_grad)))
+
+
+def quasr_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
+    """transformers' attention-function signature: ([B, Tq, H, D] output, None)."""
+    if _applies(module, query, key, attention_mask, dropout, is_causal, kwargs) and not value.requires_grad:
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        return torch.ops.quasr.attention(query, key, value, float(scale), 0).transpose(1, 2), None
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                  is_causal=is_causal, **kwargs)
+
+
+_registered = False
+
+
+def _register() -> None:
+    global _registered
+    if not _registered:
+        from transformers import AttentionInterface
+        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+
+        AttentionInterface.register(NAME, quasr_attention)
+        AttentionMaskInterface.register(NAME, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])  # SDPA's masks for SDPA's calls
+        _registered = True
+
+
+def mode_from_env() -> str:
+    mode = os.environ.get(ENV, "auto").strip().lower() or "auto"
+    if mode not in MODES:
+        raise ValueError(f"{ENV}={os.environ[ENV]!r}: expected one of {', '.join(MODES)} (auto: the bf16 kernel "
+                         "where the CPU has AVX-512 BF16; exact: torch's float32 attention)")
+    return mode
+
+
+def enable(model, mode: str | None = None) -> str:
+    """Route `model`'s attention through `quasr_attention` per `mode` (default: QUASR_ATTENTION, else
+    "auto"). auto: where the kernel is available and the model uses SDPA; bf16: the same, an error
+    where the kernel is not available; exact: back to SDPA. Returns what the model uses now ("quasr" or
+    its transformers attention implementation)."""
+    mode = mode_from_env() if mode is None else mode
+    if mode not in MODES:
+        raise ValueError(f"attention mode {mode!r}: expected one of {', '.join(MODES)}")
+    config = getattr(model, "config", None)
+    current = getattr(config, "_attn_implementation", None)
+    if not hasattr(model, "set_attn_implementation") or current is None:
+        if mode == "bf16":
+            raise ValueError(f"{type(model).__name__} is not a transformers model with a settable attention "
+                             "implementation; the bf16 attention kernel cannot be routed into it")
+        return str(current)
+    if mode == "exact":
+        if current == NAME:
+            model.set_attn_implementation("sdpa")
+        return "sdpa" if current == NAME else current
+    if not kernel_available():
+        if mode == "bf16":
+            raise RuntimeError("the bf16 attention kernel needs quasr's CPU extension and a CPU with AVX-512 BF16; "
+                               f"this one has none (set {ENV}=exact or auto)")
+        return current
+    if current not in ("sdpa", NAME):
+        return current  # eager or flash attention chosen on purpose: leave it
+    _register()
+    if current != NAME:
+        model.set_attn_implementation(NAME)
+    return NAME

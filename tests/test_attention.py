@@ -1,0 +1,182 @@
+"""quasr::attention (csrc/cpu/attention.h): the AVX-512 BF16 path and the portable path against the
+plain-torch reference of the same math, on random shapes; the transformers routing
+(integrations/attention.py) on the three families' small configs."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import FAMILIES, tiny_family
+from quasr.integrations import attention
+from quasr.kernels import reference
+from quasr.kernels.registry import BACKENDS
+
+CPU = BACKENDS["cpu"]
+needs_cpu = pytest.mark.skipif(not CPU.available(), reason="native CPU extension not built")
+PATHS = [pytest.param(1, id="avx512-bf16", marks=pytest.mark.skipif(not CPU.has_bf16_attention(),
+                                                                     reason="this CPU has no AVX-512 BF16")),
+         pytest.param(2, id="portable")]
+# (B, H, Tq, Tk, D): tails of every block (4 query rows, 16 and 64 keys, 16 and 64 dims), odd D, one key
+SHAPES = [(1, 1, 1, 1, 1), (1, 2, 5, 7, 64), (2, 3, 17, 33, 52), (1, 2, 37, 61, 80), (1, 1, 9, 130, 3),
+          (2, 2, 64, 200, 128), (1, 1, 4, 64, 16), (1, 3, 70, 1500 // 8, 64)]
+
+
+def _qkv(shape, seed=0, strided=False):
+    b, h, tq, tk, d = shape
+    g = torch.Generator().manual_seed(seed)
+    if strided:  # transformers' [B, T, H, D] projections viewed as [B, H, T, D]
+        return tuple(torch.randn(b, t, h, d, generator=g).transpose(1, 2) for t in (tq, tk, tk))
+    return tuple(torch.randn(b, h, t, d, generator=g) for t in (tq, tk, tk))
+
+
+@needs_cpu
+@pytest.mark.parametrize("kernel", PATHS)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_kernel_matches_reference(shape, kernel):
+    q, k, v = _qkv(shape, strided=shape[1] > 1)
+    scale = shape[-1] ** -0.5
+    out = torch.ops.quasr.attention(q, k, v, scale, kernel)
+    ref = reference.attention_bf16(q, k, v, scale)
+    assert out.shape == ref.shape and out.dtype == torch.float32
+    # The same bf16 roundings; only the order of the float32 sums (and, rarely, one weight's bf16
+    # rounding at a tie) differs.
+    assert (out - ref).abs().max() <= 1e-4 * v.abs().max()
+    exact = F.scaled_dot_product_attention(q, k, v, scale=scale)
+    assert (out - exact).abs().max() <= 2e-2 * v.abs().max()  # bf16 operands, not an exact kernel
+
+
+@needs_cpu
+def test_paths_agree_on_whisper_sized_head():
+    if not CPU.has_bf16_attention():
+        pytest.skip("this CPU has no AVX-512 BF16")
+    q, k, v = _qkv((1, 2, 300, 1500, 64), seed=3, strided=True)
+    simd = torch.ops.quasr.attention(q, k, v, 0.125, 1)
+    assert torch.equal(simd, torch.ops.quasr.attention(q, k, v, 0.125, 0))  # auto picks the SIMD path here
+    assert (simd - torch.ops.quasr.attention(q, k, v, 0.125, 2)).abs().max() <= 1e-4 * v.abs().max()
+    exact = F.scaled_dot_product_attention(q, k, v, scale=0.125)
+    assert ((simd - exact).norm() / exact.norm()) < 1e-2
+
+
+@needs_cpu
+def test_kernel_rejects_bad_input():
+    q, k, v = _qkv((1, 2, 4, 8, 16))
+    with pytest.raises(RuntimeError, match="grouped-query"):
+        torch.ops.quasr.attention(q, k[:, :1], v[:, :1], 0.25, 0)
+    with pytest.raises(RuntimeError, match="same shape"):
+        torch.ops.quasr.attention(q, k, v[:, :, :4], 0.25, 0)
+    with pytest.raises(RuntimeError, match=r"\[B, H, T, D\]"):
+        torch.ops.quasr.attention(q[0], k[0], v[0], 0.25, 0)
+    with pytest.raises(RuntimeError, match="kernel must be"):
+        torch.ops.quasr.attention(q, k, v, 0.25, 5)
+    if not CPU.has_bf16_attention():
+        with pytest.raises(RuntimeError, match="AVX-512 BF16"):
+            torch.ops.quasr.attention(q, k, v, 0.25, 1)
+
+
+def test_reference_is_attention():
+    """The reference without its roundings is softmax attention (it cannot drift from what it models)."""
+    q, k, v = _qkv((1, 2, 9, 30, 8), seed=5)
+    ref = reference.attention_bf16(q, k, v, 0.3)
+    assert torch.allclose(ref, F.scaled_dot_product_attention(q, k, v, scale=0.3), atol=2e-2)
+
+
+class _Module(torch.nn.Module):
+    is_causal = False
+
+
+@pytest.mark.parametrize("case", ["mask", "causal", "short", "grad", "dropout"])
+def test_routing_falls_back_to_sdpa(case):
+    """Anything but unmasked, non-causal, gradient-free attention over enough rows is SDPA's, bit for bit."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    q, k, v = _qkv((1, 2, 8 if case == "short" else attention.MIN_QUERIES, 70, 16), seed=1)
+    module, mask, kw = _Module(), None, {}
+    if case == "mask":
+        mask = torch.zeros(1, 1, q.shape[2], 70)
+        mask[..., -5:] = float("-inf")
+    if case == "causal":
+        kw["is_causal"] = True
+        k, v = k[:, :, : q.shape[2]], v[:, :, : q.shape[2]]
+    if case == "grad":
+        q.requires_grad_(True)
+    if case == "dropout":
+        torch.manual_seed(0)
+        kw["dropout"] = 0.5
+    out, _ = attention.quasr_attention(module, q, k, v, mask, scaling=0.25, **kw)
+    if case == "dropout":
+        torch.manual_seed(0)
+    want, _ = sdpa_attention_forward(module, q, k, v, mask, scaling=0.25, **kw)
+    assert torch.equal(out, want)
+
+
+@needs_cpu
+def test_routing_runs_the_kernel_on_encoder_shapes():
+    q, k, v = _qkv((2, 2, attention.MIN_QUERIES, 90, 16), seed=2)
+    out, _ = attention.quasr_attention(_Module(), q, k, v, None, scaling=0.25)
+    assert out.shape == (2, attention.MIN_QUERIES, 2, 16)  # transformers' [B, T, H, D]
+    assert torch.equal(out, torch.ops.quasr.attention(q, k, v, 0.25, 0).transpose(1, 2))
+
+
+@needs_cpu
+@pytest.mark.parametrize("family", FAMILIES)
+def test_quantized_models_use_it_where_available(family, monkeypatch):
+    from quasr.plan import uniform_plan
+    from quasr.plan.swap import swap
+
+    monkeypatch.delenv(attention.ENV, raising=False)
+    model, _ = tiny_family(family)
+    assert model.config._attn_implementation == "sdpa"
+    x = torch.randn(1, 80, 3000) if family == "whisper" else torch.randn(1, 48000)  # >= MIN_QUERIES frames
+    encoder = model.get_encoder() if family != "wav2vec2" else model.wav2vec2
+    with torch.no_grad():
+        before = encoder(x).last_hidden_state
+    swap(model, uniform_plan(model, 8, 32), progress=False)
+    want = attention.NAME if CPU.has_bf16_attention() else "sdpa"
+    assert model.config._attn_implementation == want
+    with torch.no_grad():
+        after = encoder(x).last_hidden_state
+        assert attention.enable(model, "exact") == "sdpa" and model.config._attn_implementation == "sdpa"
+        exact = encoder(x).last_hidden_state
+    # 8-bit weights and (where available) bf16 attention: close to the float encoder, and the bf16
+    # attention close to the exact one on the same quantized weights
+    assert ((after - before).norm() / before.norm()) < 5e-2
+    assert ((after - exact).norm() / exact.norm()) < 2e-2
+    assert torch.equal(after, exact) != CPU.has_bf16_attention()  # the kernel ran where it is available
+
+
+def test_mode_from_env(monkeypatch):
+    monkeypatch.setenv(attention.ENV, "fast")
+    with pytest.raises(ValueError, match="auto, bf16, exact"):
+        attention.mode_from_env()
+    monkeypatch.setenv(attention.ENV, "EXACT")
+    assert attention.mode_from_env() == "exact"
+    model, _ = tiny_family("whisper")
+    assert attention.enable(model) == "sdpa"
+    with pytest.raises(ValueError, match="expected one of"):
+        attention.enable(model, "fp16")
+    if not CPU.has_bf16_attention():
+        with pytest.raises(RuntimeError, match="AVX-512 BF16"):
+            attention.enable(model, "bf16")
+    with pytest.raises(ValueError, match="settable attention"):
+        attention.enable(torch.nn.Linear(2, 2), "bf16")
+
+
+@needs_cpu
+def test_saved_model_does_not_carry_the_choice(tmp_path, monkeypatch):
+    """The attention choice is the runtime's, made again at load on the loading machine."""
+    import json
+
+    from quasr.plan import uniform_plan
+    from quasr.plan.swap import swap
+    from quasr.serialize import save_quantized
+
+    monkeypatch.delenv(attention.ENV, raising=False)
+    model, processor = tiny_family("whisper")
+    swap(model, uniform_plan(model, 4, 32), progress=False)
+    save_quantized(model, processor, tmp_path / "q")
+    config = json.loads((tmp_path / "q" / "config.json").read_text())
+    assert attention.NAME not in json.dumps({k: v for k, v in config.items() if "attn" in k})
+    from quasr.models import load_model
+
+    loaded, _ = load_model(str(tmp_path / "q"))
+    assert loaded.config._attn_implementation == (attention.NAME if CPU.has_bf16_attention() else "sdpa")
