@@ -120,17 +120,18 @@ def test_routing_runs_the_kernel_on_encoder_shapes():
 @needs_cpu
 @pytest.mark.parametrize("family", FAMILIES)
 def test_quantized_models_use_it_where_available(family, monkeypatch):
+    from quasr.adapters import get_adapter
+    from quasr.methods import quantize
     from quasr.plan import uniform_plan
-    from quasr.plan.swap import swap
 
     monkeypatch.delenv(attention.ENV, raising=False)
-    model, _ = tiny_family(family)
+    model, processor = tiny_family(family)
     assert model.config._attn_implementation == "sdpa"
     x = torch.randn(1, 80, 3000) if family == "whisper" else torch.randn(1, 48000)  # >= MIN_QUERIES frames
     encoder = model.get_encoder() if family != "wav2vec2" else model.wav2vec2
     with torch.no_grad():
         before = encoder(x).last_hidden_state
-    swap(model, uniform_plan(model, 8, 32), progress=False)
+    quantize(get_adapter(model, processor), uniform_plan(model, 8, 32), None, "rtn", progress=False)
     want = attention.NAME if CPU.has_bf16_attention() else "sdpa"
     assert model.config._attn_implementation == want
     with torch.no_grad():
@@ -166,13 +167,14 @@ def test_saved_model_does_not_carry_the_choice(tmp_path, monkeypatch):
     """The attention choice is the runtime's, made again at load on the loading machine."""
     import json
 
+    from quasr.adapters import get_adapter
+    from quasr.methods import quantize
     from quasr.plan import uniform_plan
-    from quasr.plan.swap import swap
     from quasr.serialize import save_quantized
 
     monkeypatch.delenv(attention.ENV, raising=False)
     model, processor = tiny_family("whisper")
-    swap(model, uniform_plan(model, 4, 32), progress=False)
+    quantize(get_adapter(model, processor), uniform_plan(model, 4, 32), None, "rtn", progress=False)
     save_quantized(model, processor, tmp_path / "q")
     config = json.loads((tmp_path / "q" / "config.json").read_text())
     assert attention.NAME not in json.dumps({k: v for k, v in config.items() if "attn" in k})

@@ -465,6 +465,10 @@ def quantize_model(adapter: ModelAdapter, plan: dict, method: Method, batches: l
     finally:
         if cache is not None:
             cache.close()
+    # Only now: calibration above ran every block with torch's attention, as the float model does.
+    from ..integrations import attention
+
+    attention.enable(model)
     return model, {"layers": final}
 
 

@@ -104,8 +104,7 @@ def swap(model: nn.Module, plan: dict, quantizer: Quantizer | None = None,
     with "rotate" and no transform gets a randomised Hadamard rotation fixed by the layer's name.
     `check_finite` scans every tensor of the model for NaN/inf first (a caller swapping block by
     block checks once, before the first block). An nn.Embedding tied to a quantized Linear (Whisper's decoder.embed_tokens <-> proj_out) becomes
-    a QuantTiedEmbedding reading the same packed rows, so the shared table is stored once. A
-    transformers model gets quasr's attention where it applies (integrations/attention.py).
+    a QuantTiedEmbedding reading the same packed rows, so the shared table is stored once.
     """
     specs = validate_plan(model, plan)
     if check_finite:  # a NaN bias or norm would ship as silently as a NaN weight
@@ -135,10 +134,6 @@ def swap(model: nn.Module, plan: dict, quantizer: Quantizer | None = None,
             new.bias = new.bias + (w @ tr.input_shift.to(w.device, torch.float32)).cpu()
         _install(model, name, new.to(module.weight.device), tied.get(name, []))
         new.prepare_runtime()
-    if any(spec != KEEP for spec in specs.values()):
-        from ..integrations import attention
-
-        attention.enable(model)  # a quantized transformers model runs quasr's encoder attention (if it applies)
     return model
 
 

@@ -1,0 +1,62 @@
+"""Encoder self-attention: quasr::attention (bf16 operands, csrc/cpu/attention.h) against torch's float32
+SDPA on the heads of the three models, in one run (bench/RESULTS.md, issue 22).
+
+    python bench/attention.py [--threads 2] [--repeats 20]
+
+Shapes (batch, heads, frames, head size): whisper-tiny 1 x 6 x 1500 x 64, whisper-base 1 x 8 x 1500 x 64,
+batch 8 of tiny, moonshine-base 8 heads of 52 over 10 s of audio (about 415 frames). Inputs are
+[B, T, H, D] projections viewed as [B, H, T, D], as transformers passes them."""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+import quasr  # noqa: F401  (registers torch.ops.quasr.*)
+from quasr.evaluate import machine_description
+from quasr.kernels.registry import BACKENDS
+
+SHAPES = {"whisper-tiny": (1, 6, 1500, 64), "whisper-base": (1, 8, 1500, 64), "whisper-tiny, batch 8": (8, 6, 1500, 64),
+          "moonshine-base, 10 s": (1, 8, 415, 52)}
+
+
+def timed(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1e3
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=20)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    if not BACKENDS["cpu"].has_bf16_attention():
+        raise SystemExit("this CPU has no AVX-512 BF16: quasr::attention runs only its portable path here; nothing to time")
+    print(machine_description())
+    print(f"{a.threads} threads, median of {a.repeats}\n")
+    print("| heads | torch fp32 SDPA ms | quasr bf16 ms | speed-up | relative error |")
+    print("|---|---:|---:|---:|---:|")
+    g = torch.Generator().manual_seed(0)
+    for name, (b, h, t, d) in SHAPES.items():
+        q, k, v = (torch.randn(b, t, h, d, generator=g).transpose(1, 2) for _ in range(3))
+        scale = d ** -0.5
+        exact = F.scaled_dot_product_attention(q, k, v, scale=scale)
+        ours = torch.ops.quasr.attention(q, k, v, scale, 0)
+        err = ((ours - exact).norm() / exact.norm()).item()
+        t_sdpa = timed(lambda: F.scaled_dot_product_attention(q, k, v, scale=scale), a.repeats)
+        t_ours = timed(lambda: torch.ops.quasr.attention(q, k, v, scale, 0), a.repeats)
+        print(f"| {name}: {b} x {h} x {t} x {d} | {t_sdpa:.2f} | {t_ours:.2f} | {t_sdpa / t_ours:.2f} | {err:.1e} |")
+
+
+if __name__ == "__main__":
+    main()
