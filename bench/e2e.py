@@ -67,9 +67,12 @@ def cpu_description(threads: int) -> str:
                 flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    isa = ", ".join(f"{f} {'yes' if f in flags else 'no'}" for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni"))
+    isa = ", ".join(f"{f} {'yes' if f in flags else 'no'}" for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni",
+                                                                         "avx512_bf16"))
+    from quasr.ops import native_status
+
     return (f"CPU: {model} ({os.cpu_count()} CPUs); torch capability {torch.backends.cpu.get_cpu_capability()}; "
-            f"{isa}; {threads} threads")
+            f"{isa}; {threads} threads; quasr: {native_status()}")
 
 
 class Engine:
