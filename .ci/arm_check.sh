@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Portability check of the CPU kernels on a non-x86 target (aarch64), from an x86-64 Debian machine:
-#   1. cross-compile the torch-free kernels (csrc/cpu/qgemm.cpp, rotate.cpp) for aarch64, warnings
+#   1. cross-compile the torch-free kernels (csrc/cpu/qgemm*.cpp, rotate.cpp, attention.cpp) for aarch64, warnings
 #      as errors: only the portable scalar path is compiled there (the AVX2 code is behind x86 guards);
 #   2. syntax-check the torch binding (csrc/cpu/ops.cpp) for aarch64 against this venv's torch headers
 #      (x86 headers, so a syntax/portability check only; skipped with a note if torch is missing);
@@ -36,7 +36,7 @@ step "$("$CXX_A64" --version | head -n1); $(qemu-aarch64 --version | head -n1)"
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/quasr-arm-check.XXXXXX")"
 trap 'rm -rf "$TMP"' EXIT
 FLAGS=(-O2 -std=c++17 -Wall -Wextra -Werror -Icsrc/cpu)
-KERNELS=(csrc/cpu/qgemm.cpp csrc/cpu/qgemm_i8.cpp csrc/cpu/rotate.cpp)
+KERNELS=(csrc/cpu/qgemm.cpp csrc/cpu/qgemm_i8.cpp csrc/cpu/rotate.cpp csrc/cpu/attention.cpp)
 
 for src in "${KERNELS[@]}"; do
     step "aarch64 compile $src"
@@ -54,7 +54,7 @@ else
     step "SKIP ops.cpp syntax check: no torch in $PY"
 fi
 
-DRIVER=(csrc/cpu/qgemm.cpp csrc/cpu/qgemm_i8.cpp csrc/cpu/rotate.cpp csrc/cpu/tests/scalar_check.cpp)
+DRIVER=(csrc/cpu/qgemm.cpp csrc/cpu/qgemm_i8.cpp csrc/cpu/rotate.cpp csrc/cpu/attention.cpp csrc/cpu/tests/scalar_check.cpp)
 step "native build + run csrc/cpu/tests/scalar_check.cpp ($(uname -m))"
 g++ "${FLAGS[@]}" "${DRIVER[@]}" -o "$TMP/scalar_check_native" || fail "native build of scalar_check"
 "$TMP/scalar_check_native" || fail "scalar_check failed natively"
@@ -63,4 +63,4 @@ step "aarch64 build + qemu run csrc/cpu/tests/scalar_check.cpp"
 "$CXX_A64" "${FLAGS[@]}" "${DRIVER[@]}" -o "$TMP/scalar_check_aarch64" || fail "aarch64 build of scalar_check"
 qemu-aarch64 -L "$SYSROOT" "$TMP/scalar_check_aarch64" || fail "scalar_check failed on aarch64 (qemu)"
 
-step "OK: qgemm.cpp, qgemm_i8.cpp, rotate.cpp build for aarch64 (scalar path), ops.cpp parses for aarch64, scalar_check passes natively and under qemu-aarch64"
+step "OK: qgemm.cpp, qgemm_i8.cpp, rotate.cpp, attention.cpp build for aarch64 (scalar path), ops.cpp parses for aarch64, scalar_check passes natively and under qemu-aarch64"

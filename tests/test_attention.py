@@ -182,3 +182,11 @@ def test_saved_model_does_not_carry_the_choice(tmp_path, monkeypatch):
 
     loaded, _ = load_model(str(tmp_path / "q"))
     assert loaded.config._attn_implementation == (attention.NAME if CPU.has_bf16_attention() else "sdpa")
+
+
+def test_info_names_the_attention():
+    from quasr.ops import native_status
+
+    if not CPU.available():
+        pytest.skip("native CPU extension not built")
+    assert ("avx512-bf16" if CPU.has_bf16_attention() else "SDPA") in native_status().split("encoder attention")[1]

@@ -1,4 +1,4 @@
-// Standalone check of the torch-free CPU kernels (qgemm.h, rotate.h) against naive math written
+// Standalone check of the torch-free CPU kernels (qgemm.h, qgemm_i8.h, rotate.h, attention.h) against naive math written
 // here from docs/FORMAT.md, independently of the kernels' own decoders: random codes are packed
 // into bit planes by this file, scales and zeros are encoded to fp16 bits by this file, and the
 // expected results come from the unpacked codes in double precision.
@@ -10,9 +10,11 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <random>
 #include <vector>
 
+#include "attention.h"
 #include "qgemm.h"
 #include "qgemm_i8.h"
 #include "rotate.h"
@@ -327,6 +329,65 @@ void check_act_quant(std::mt19937& rng) {
     }
 }
 
+// bf16 attention (attention.h) against double-precision math on bf16-rounded operands, rounded
+// here with this file's own round-to-nearest-even; the softmax weights rounded from float.
+float round_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  const uint32_t lsb = (u >> 16) & 1u;
+  u = (u + 0x7fffu + lsb) & 0xffff0000u;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+void check_attention(std::mt19937& rng) {
+  std::uniform_real_distribution<float> dist(-2.f, 2.f);
+  const int64_t shapes[][3] = {{1, 1, 1}, {5, 7, 64}, {17, 33, 52}, {9, 130, 3}, {6, 70, 80}};
+  for (const auto& sh : shapes) {
+    const int64_t tq = sh[0], tk = sh[1], d = sh[2];
+    std::vector<float> q(tq * d), k(tk * d), v(tk * d);
+    for (auto* t : {&q, &k, &v})
+      for (float& x : *t) x = dist(rng);
+    const float scale = 1.f / std::sqrt(static_cast<float>(d));
+    std::vector<double> want(tq * d);
+    for (int64_t i = 0; i < tq; ++i) {
+      std::vector<double> s(tk);
+      double mx = -INFINITY, sum = 0.0;
+      for (int64_t j = 0; j < tk; ++j) {
+        double acc = 0.0;
+        for (int64_t c = 0; c < d; ++c) acc += double(round_bf16(q[i * d + c] * scale)) * double(round_bf16(k[j * d + c]));
+        s[j] = acc;
+        mx = std::max(mx, acc);
+      }
+      for (int64_t j = 0; j < tk; ++j) {
+        s[j] = std::exp(s[j] - mx);
+        sum += s[j];
+      }
+      for (int64_t c = 0; c < d; ++c) {
+        double acc = 0.0;
+        for (int64_t j = 0; j < tk; ++j) acc += double(round_bf16(float(s[j]))) * double(round_bf16(v[j * d + c]));
+        want[i * d + c] = acc / sum;
+      }
+    }
+    std::vector<float> got(tq * d, NAN), scratch(tk);
+    quasr::AttentionHead h{q.data(), k.data(), v.data(), got.data(), tq, tk, d, d, d, d, d, scale};
+    char what[96];
+    quasr::attention_rows_scalar(h, 0, tq, scratch.data());
+    std::snprintf(what, sizeof what, "attention portable tq=%lld tk=%lld d=%lld", (long long)tq, (long long)tk, (long long)d);
+    expect_close(what, got, want, 1e-3);
+    if (!quasr::attention_bf16_supported()) continue;
+    std::vector<uint8_t> pack(quasr::attention_pack_bytes(tk, d) + 64), work(quasr::attention_scratch_bytes(tk, d) + 64);
+    auto aligned = [](std::vector<uint8_t>& b) {
+      return reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(b.data()) + 63) & ~uintptr_t(63));
+    };
+    std::fill(got.begin(), got.end(), NAN);
+    quasr::attention_pack(h, aligned(pack));
+    quasr::attention_rows(h, aligned(pack), 0, tq, aligned(work));
+    std::snprintf(what, sizeof what, "attention avx512-bf16 tq=%lld tk=%lld d=%lld", (long long)tq, (long long)tk, (long long)d);
+    expect_close(what, got, want, 1e-3);
+  }
+}
+
 // Rotation: y = (x * signs) (F_0 kron F_1 ...) * scale, row-vector convention, against the dense
 // Kronecker product built here entry by entry (Sylvester entries (-1)^popcount(i & j)).
 void check_rotate(std::mt19937& rng) {
@@ -432,7 +493,8 @@ int main() {
   check_qgemm_i8(rng);
   check_act_quant(rng);
   check_rotate(rng);
-  std::printf("scalar_check: %s, avx2 paths %s, int8 paths up to %s: %d checks, %d failures\n",
+  check_attention(rng);
+  std::printf("scalar_check: %s, avx2 paths %s, int8 paths up to %s, bf16 attention %s: %d checks, %d failures\n",
 #if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
               "x86",
 #elif defined(__aarch64__)
@@ -441,6 +503,6 @@ int main() {
               "other arch",
 #endif
               quasr::cpu_has_avx2_fma() ? "checked too" : "absent (scalar only)", quasr::isa_name(quasr::best_isa()),
-              checks, failures);
+              quasr::attention_bf16_supported() ? "checked too" : "absent (portable only)", checks, failures);
   return failures ? 1 : 0;
 }
