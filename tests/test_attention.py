@@ -190,3 +190,39 @@ def test_info_names_the_attention():
     if not CPU.available():
         pytest.skip("native CPU extension not built")
     assert ("avx512-bf16" if CPU.has_bf16_attention() else "SDPA") in native_status().split("encoder attention")[1]
+
+
+@pytest.mark.skipif(not CPU.has_bf16_attention(), reason="this CPU has no AVX-512 BF16")
+@pytest.mark.parametrize("shape", [(1, 6, 1, 300, 64), (3, 2, 4, 33, 52), (2, 1, 7, 17, 3)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_packed_keys_and_values_are_the_same_computation(shape):
+    """A decoder's cross-attention: keys and values packed once, queries of every step against them."""
+    q, k, v = _qkv(shape, seed=4)
+    pack = torch.ops.quasr_cpu.attention_pack(k, v)
+    out = torch.ops.quasr_cpu.attention_packed(q, pack, shape[3], 0.3)
+    assert torch.equal(out, torch.ops.quasr.attention(q, k, v, 0.3, 1))
+    with pytest.raises(RuntimeError, match="does not hold"):
+        torch.ops.quasr_cpu.attention_packed(q, pack, shape[3] + 16, 0.3)
+
+
+@needs_cpu
+def test_lean_whisper_loop_packs_cross_attention_only_when_routed(monkeypatch):
+    from quasr.adapters import get_adapter
+    from quasr.adapters.whisper_greedy import WhisperGreedy
+    from quasr.methods import quantize
+    from quasr.plan import uniform_plan
+
+    monkeypatch.delenv(attention.ENV, raising=False)
+    model, processor = tiny_family("whisper")
+    states = torch.randn(1, 1500, 64)
+    assert not attention.packs_cross_attention(model, states)  # float models keep torch's attention
+    quantize(get_adapter(model, processor), uniform_plan(model, 8, 32), None, "rtn", progress=False)
+    assert attention.packs_cross_attention(model, states) == CPU.has_bf16_attention()
+    assert not attention.packs_cross_attention(model, states.double())
+    prompt = torch.tensor([[1]])
+    with torch.no_grad():
+        ids = WhisperGreedy(model)(states, prompt, 6)
+        attention.enable(model, "exact")
+        assert not attention.packs_cross_attention(model, states)
+        exact = WhisperGreedy(model)(states, prompt, 6)
+    assert ids.shape[0] == 1 and ids[0, 0] == 1 and ids.shape[1] >= 2 and exact.shape[0] == 1

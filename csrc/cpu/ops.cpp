@@ -220,65 +220,131 @@ at::Tensor rotate_cpu(const at::Tensor& x, const std::optional<at::Tensor>& sign
 // [B, T, H, D] views). The result is [B, H, Tq, D] laid out as [B, Tq, H, D], so transformers'
 // transpose back to [B, Tq, H*D] copies nothing. kernel: 0 the AVX-512 BF16 path where the CPU has
 // it, else the portable one; 1 the AVX-512 BF16 path (an error without it); 2 the portable path.
+// attention_pack + attention_packed split the same computation for keys and values that serve many
+// calls (a decoder's cross-attention: packed once per clip, read at every step).
+at::Tensor rows_of(const at::Tensor& t) {
+  at::Tensor f = t.to(at::kFloat);
+  return f.stride(3) == 1 ? f : f.contiguous();
+}
+
+void check_kv(const char* op, const at::Tensor& k, const at::Tensor& v) {
+  TORCH_CHECK(k.device().is_cpu() && v.device().is_cpu(), op, ": CPU kernel got a non-CPU tensor");
+  TORCH_CHECK(k.dim() == 4 && v.dim() == 4, op, ": k and v must be [B, H, T, D]");
+  TORCH_CHECK(k.sizes() == v.sizes(), op, ": k and v must have the same shape, got ", k.sizes(), " and ", v.sizes());
+  TORCH_CHECK(k.size(2) >= 1 && k.size(3) >= 1, op, ": needs at least one key and one dimension");
+}
+
+quasr::AttentionHead head_of(const at::Tensor& qf, const at::Tensor* kf, const at::Tensor* vf, const at::Tensor& out,
+                             int64_t bh, int64_t tk, double scale) {
+  const int64_t H = qf.size(1), Tq = qf.size(2), D = qf.size(3), b = bh / H, h = bh % H;
+  return quasr::AttentionHead{qf.data_ptr<float>() + b * qf.stride(0) + h * qf.stride(1),
+                              kf ? kf->data_ptr<float>() + b * kf->stride(0) + h * kf->stride(1) : nullptr,
+                              vf ? vf->data_ptr<float>() + b * vf->stride(0) + h * vf->stride(1) : nullptr,
+                              out.data_ptr<float>() + b * Tq * H * D + h * D,
+                              Tq, tk, D, qf.stride(2), kf ? kf->stride(2) : 0, vf ? vf->stride(2) : 0, H * D,
+                              static_cast<float>(scale)};
+}
+
+constexpr int64_t kAttentionRows = 16;  // query rows per task: four register tiles
+
+// The AVX-512 BF16 rows of every head from packs (pack_bytes apart, 64-byte aligned).
+void attention_rows_packed(const at::Tensor& qf, const at::Tensor& out, const uint8_t* packs, int64_t pack_bytes,
+                           int64_t tk, double scale) {
+  const int64_t BH = qf.size(0) * qf.size(1), Tq = qf.size(2);
+  const int64_t blocks = (Tq + kAttentionRows - 1) / kAttentionRows;
+  const int64_t scratch = quasr::attention_scratch_bytes(tk, qf.size(3));
+  at::parallel_for(0, BH * blocks, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<uint8_t> buf(scratch + 64);
+    uint8_t* aligned = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(buf.data()) + 63) & ~uintptr_t(63));
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t bh = t / blocks, r0 = (t % blocks) * kAttentionRows;
+      quasr::attention_rows(head_of(qf, nullptr, nullptr, out, bh, tk, scale), packs + bh * pack_bytes, r0,
+                            std::min(Tq, r0 + kAttentionRows), aligned);
+    }
+  });
+}
+
+uint8_t* aligned64(const at::Tensor& bytes) {
+  return reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(bytes.data_ptr<uint8_t>()) + 63) & ~uintptr_t(63));
+}
+
+// Packs of every head of k and v: uint8 [B*H, pack_bytes + 64] rows whose data starts 64-byte
+// aligned at a fixed offset (see aligned64 on the whole tensor: rows are pack_bytes apart).
+at::Tensor pack_heads(const at::Tensor& kf, const at::Tensor& vf) {
+  const int64_t B = kf.size(0), H = kf.size(1), Tk = kf.size(2), D = kf.size(3);
+  const int64_t pack_bytes = quasr::attention_pack_bytes(Tk, D);
+  at::Tensor packs = at::empty({B * H * pack_bytes + 64}, kf.options().dtype(at::kByte));
+  uint8_t* base = aligned64(packs);
+  at::parallel_for(0, B * H, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t bh = b0; bh < b1; ++bh) {
+      const int64_t b = bh / H, h = bh % H;
+      quasr::AttentionHead head{nullptr, kf.data_ptr<float>() + b * kf.stride(0) + h * kf.stride(1),
+                                vf.data_ptr<float>() + b * vf.stride(0) + h * vf.stride(1), nullptr,
+                                0, Tk, D, 0, kf.stride(2), vf.stride(2), 0, 1.f};
+      quasr::attention_pack(head, base + bh * pack_bytes);
+    }
+  });
+  return packs;
+}
+
 at::Tensor attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale, int64_t kernel) {
-  TORCH_CHECK(q.device().is_cpu() && k.device().is_cpu() && v.device().is_cpu(),
-              "quasr::attention: CPU kernel got a non-CPU tensor");
-  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "quasr::attention: q, k and v must be [B, H, T, D]");
-  TORCH_CHECK(k.sizes() == v.sizes(), "quasr::attention: k and v must have the same shape, got ", k.sizes(), " and ",
-              v.sizes());
+  check_kv("quasr::attention", k, v);
+  TORCH_CHECK(q.device().is_cpu() && q.dim() == 4, "quasr::attention: q must be a CPU tensor [B, H, T, D]");
   TORCH_CHECK(q.size(0) == k.size(0) && q.size(1) == k.size(1) && q.size(3) == k.size(3),
               "quasr::attention: q ", q.sizes(), " and k ", k.sizes(), " differ in batch, heads or head size "
               "(grouped-query attention is not supported here: repeat the key/value heads first)");
-  TORCH_CHECK(k.size(2) >= 1 && q.size(3) >= 1, "quasr::attention: needs at least one key and one dimension");
   TORCH_CHECK(kernel >= 0 && kernel <= 2, "quasr::attention: kernel must be 0 (auto), 1 (avx512-bf16) or 2 "
               "(portable), got ", kernel);
   const bool simd = kernel == 1 || (kernel == 0 && quasr::attention_bf16_supported());
   TORCH_CHECK(!simd || quasr::attention_bf16_supported(), "quasr::attention: kernel 1 needs AVX-512 BF16, which "
               "this CPU does not have (use kernel 0 or 2)");
-  auto rows = [](const at::Tensor& t) {
-    at::Tensor f = t.to(at::kFloat);
-    return f.stride(3) == 1 ? f : f.contiguous();
-  };
-  const at::Tensor qf = rows(q), kf = rows(k), vf = rows(v);
+  const at::Tensor qf = rows_of(q), kf = rows_of(k), vf = rows_of(v);
   const int64_t B = q.size(0), H = q.size(1), Tq = q.size(2), Tk = k.size(2), D = q.size(3);
   at::Tensor out = at::empty({B, Tq, H, D}, qf.options());
-  auto head = [&](int64_t bh) {
-    const int64_t b = bh / H, h = bh % H;
-    return quasr::AttentionHead{qf.data_ptr<float>() + b * qf.stride(0) + h * qf.stride(1),
-                                kf.data_ptr<float>() + b * kf.stride(0) + h * kf.stride(1),
-                                vf.data_ptr<float>() + b * vf.stride(0) + h * vf.stride(1),
-                                out.data_ptr<float>() + b * Tq * H * D + h * D,
-                                Tq, Tk, D, qf.stride(2), kf.stride(2), vf.stride(2), H * D, static_cast<float>(scale)};
-  };
-  constexpr int64_t kRows = 16;  // query rows per task: four register tiles
-  const int64_t blocks = (Tq + kRows - 1) / kRows;
   if (!simd) {
+    const int64_t blocks = (Tq + kAttentionRows - 1) / kAttentionRows;
     at::parallel_for(0, B * H * blocks, 1, [&](int64_t t0, int64_t t1) {
       std::vector<float> e(Tk);
-      for (int64_t t = t0; t < t1; ++t)
-        quasr::attention_rows_scalar(head(t / blocks), (t % blocks) * kRows, std::min(Tq, (t % blocks + 1) * kRows), e.data());
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t r0 = (t % blocks) * kAttentionRows;
+        quasr::attention_rows_scalar(head_of(qf, &kf, &vf, out, t / blocks, Tk, scale), r0,
+                                     std::min(Tq, r0 + kAttentionRows), e.data());
+      }
     });
     return out.transpose(1, 2);
   }
-  const int64_t pack_bytes = quasr::attention_pack_bytes(Tk, D);
-  at::Tensor packs = at::empty({B * H * pack_bytes + 64}, qf.options().dtype(at::kByte));
-  uint8_t* base = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(packs.data_ptr<uint8_t>()) + 63) & ~uintptr_t(63));
-  at::parallel_for(0, B * H, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t bh = b0; bh < b1; ++bh) quasr::attention_pack(head(bh), base + bh * pack_bytes);
-  });
-  const int64_t scratch = quasr::attention_scratch_bytes(Tk, D);
-  at::parallel_for(0, B * H * blocks, 1, [&](int64_t t0, int64_t t1) {
-    std::vector<uint8_t> buf(scratch + 64);
-    uint8_t* aligned = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(buf.data()) + 63) & ~uintptr_t(63));
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t bh = t / blocks, r0 = (t % blocks) * kRows;
-      quasr::attention_rows(head(bh), base + bh * pack_bytes, r0, std::min(Tq, r0 + kRows), aligned);
-    }
-  });
+  const at::Tensor packs = pack_heads(kf, vf);
+  attention_rows_packed(qf, out, aligned64(packs), quasr::attention_pack_bytes(Tk, D), Tk, scale);
+  return out.transpose(1, 2);
+}
+
+at::Tensor attention_pack_cpu(const at::Tensor& k, const at::Tensor& v) {
+  check_kv("quasr_cpu::attention_pack", k, v);
+  TORCH_CHECK(quasr::attention_bf16_supported(), "quasr_cpu::attention_pack: needs AVX-512 BF16, which this CPU "
+              "does not have (use quasr::attention, whose portable path needs no pack)");
+  return pack_heads(rows_of(k), rows_of(v));
+}
+
+// q [B, H, Tq, D] against keys and values packed by attention_pack from [B, H, tk, D].
+at::Tensor attention_packed_cpu(const at::Tensor& q, const at::Tensor& packs, int64_t tk, double scale) {
+  TORCH_CHECK(q.device().is_cpu() && q.dim() == 4, "quasr_cpu::attention_packed: q must be a CPU tensor [B, H, T, D]");
+  TORCH_CHECK(quasr::attention_bf16_supported(), "quasr_cpu::attention_packed: needs AVX-512 BF16");
+  const int64_t B = q.size(0), H = q.size(1), Tq = q.size(2), D = q.size(3);
+  TORCH_CHECK(tk >= 1, "quasr_cpu::attention_packed: tk must be positive");
+  const int64_t pack_bytes = quasr::attention_pack_bytes(tk, D);
+  TORCH_CHECK(packs.scalar_type() == at::kByte && packs.dim() == 1 && packs.is_contiguous() &&
+                  packs.numel() == B * H * pack_bytes + 64,
+              "quasr_cpu::attention_packed: the pack does not hold ", B * H, " heads of ", tk, " keys of size ", D,
+              " (make it with quasr_cpu::attention_pack from k and v of that shape)");
+  const at::Tensor qf = rows_of(q);
+  at::Tensor out = at::empty({B, Tq, H, D}, qf.options());
+  attention_rows_packed(qf, out, aligned64(packs), pack_bytes, tk, scale);
   return out.transpose(1, 2);
 }
 
 bool cpu_has_bf16_attention() { return quasr::attention_bf16_supported(); }
+
+int64_t attention_pack_bytes(int64_t tk, int64_t d) { return quasr::attention_pack_bytes(tk, d); }
 
 bool cpu_has_avx2() { return quasr::cpu_has_avx2_fma(); }
 
@@ -373,6 +439,9 @@ TORCH_LIBRARY(quasr_cpu, m) {
   m.def("has_avx2() -> bool", &cpu_has_avx2);
   m.def("best_isa() -> int", &best_isa);
   m.def("has_bf16_attention() -> bool", &cpu_has_bf16_attention);
+  m.def("attention_pack_bytes(int tk, int d) -> int", &attention_pack_bytes);
+  m.def("attention_pack(Tensor k, Tensor v) -> Tensor");
+  m.def("attention_packed(Tensor q, Tensor pack, int tk, float scale) -> Tensor");
   // CPU kernels only (below), so that the fake implementations in kernels/registry.py can trace them
   m.def("repack_i8(Tensor packed, Tensor scales, Tensor? zeros, int bits, int group_size) -> (Tensor, Tensor)");
   m.def("qlinear_i8(Tensor x, Tensor codes, Tensor params, Tensor? bias, int bits, int group_size, int in_features, "
@@ -383,6 +452,8 @@ TORCH_LIBRARY(quasr_cpu, m) {
 TORCH_LIBRARY_IMPL(quasr_cpu, CPU, m) {
   m.impl("repack_i8", &repack_i8_cpu);
   m.impl("qlinear_i8", &qlinear_i8_cpu);
+  m.impl("attention_pack", &attention_pack_cpu);
+  m.impl("attention_packed", &attention_packed_cpu);
 }
 
 TORCH_LIBRARY_IMPL(quasr, CPU, m) {

@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.models.whisper.tokenization_whisper import TO_LANGUAGE_CODE
 
+from ..integrations import attention
+
 
 def supports(model) -> str | None:
     """None if the lean loop decodes this model as `generate` would; else why not."""
@@ -112,6 +114,9 @@ class WhisperGreedy:
         total = min(p + max_new_tokens, self.max_positions)
         dtype, device = encoder_states.dtype, encoder_states.device
         cross = [None] * len(dec.layers)  # projected at the first step, in generate's module order
+        # Where the model runs quasr's bf16 attention, the cross-attention keys and values are packed for
+        # it once per clip and read at every step (integrations/attention.py).
+        packed = attention.packs_cross_attention(self.model, encoder_states)
         shape = (b, self.heads, total, self.head_dim)
         keys = [torch.empty(shape, dtype=dtype, device=device) for _ in dec.layers]
         values = [torch.empty(shape, dtype=dtype, device=device) for _ in dec.layers]
@@ -135,7 +140,10 @@ class WhisperGreedy:
                 if cross[i] is None:
                     cross[i] = (self._heads(ca.k_proj(encoder_states)).contiguous(),
                                 self._heads(ca.v_proj(encoder_states)).contiguous())
-                a = F.scaled_dot_product_attention(q, *cross[i], scale=1.0)
+                    if packed:
+                        cross[i] = torch.ops.quasr_cpu.attention_pack(*cross[i])
+                a = (torch.ops.quasr_cpu.attention_packed(q, cross[i], encoder_states.shape[1], 1.0) if packed
+                     else F.scaled_dot_product_attention(q, *cross[i], scale=1.0))
                 h = h + ca.out_proj(a.transpose(1, 2).reshape(b, n, -1))
                 h = h + layer.fc2(layer.activation_fn(layer.fc1(layer.final_layer_norm(h))))
             scores = self.model.proj_out(dec.layer_norm(h[:, -1:]))[:, 0].float()

@@ -53,6 +53,15 @@ def quasr_attention(module, query, key, value, attention_mask, dropout=0.0, scal
                                   is_causal=is_causal, **kwargs)
 
 
+def packs_cross_attention(model, encoder_states: torch.Tensor) -> bool:
+    """Whether a decoder loop should run `model`'s cross-attention on quasr's kernel with keys and values
+    packed once (quasr_cpu::attention_pack / attention_packed): the model routes its attention here and
+    the encoder states are float32 on the CPU, with no gradient wanted."""
+    return (getattr(getattr(model, "config", None), "_attn_implementation", None) == NAME
+            and encoder_states.device.type == "cpu" and encoder_states.dtype == torch.float32
+            and not (torch.is_grad_enabled() and encoder_states.requires_grad) and kernel_available())
+
+
 _registered = False
 
 

@@ -224,6 +224,16 @@ def _register_fakes() -> None:
         return
     _FAKES_REGISTERED = True
 
+    @torch.library.register_fake("quasr_cpu::attention_pack")
+    def _attention_pack_fake(k, v):
+        b, h, t, d = k.shape
+        return k.new_empty((b * h * torch.ops.quasr_cpu.attention_pack_bytes(t, d) + 64,), dtype=torch.uint8)
+
+    @torch.library.register_fake("quasr_cpu::attention_packed")
+    def _attention_packed_fake(q, pack, tk, scale):
+        b, h, t, d = q.shape
+        return q.new_empty((b, t, h, d), dtype=torch.float32).transpose(1, 2)
+
     @torch.library.register_fake("quasr_cpu::qlinear_i8")
     def _qlinear_i8_fake(x, codes, params, bias, bits, group_size, in_features, out_features, input_mul, act_bits,
                          act_range, act_symmetric, act_scale, act_zero, isa=-1):
