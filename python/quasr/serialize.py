@@ -223,6 +223,9 @@ def load_quantized(path: str | Path):
     if (path / "generation_config.json").exists():
         model.generation_config = GenerationConfig.from_pretrained(path)
     model.eval()
+    from .integrations import attention
+
+    attention.enable(model)  # as plan.swap does: a loaded model runs what the freshly quantized one ran
     try:
         processor = AutoProcessor.from_pretrained(path)
     except (OSError, ValueError, KeyError, TypeError) as exc:

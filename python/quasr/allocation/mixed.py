@@ -179,9 +179,6 @@ def quantize_to_budget(model, processor, budget_mb: float | None = None, calibra
         if plain_rtn:
             importance = calibrator.stats.input_moments() if clip == "hessian" else None
             swap(model, plan, rtn_quantizer(clip, importance), progress=progress)
-            from ..integrations import attention
-
-            attention.enable(model)  # as methods.quantize does at its end
         else:
             full = with_activations(plan, act_bits, act_granularity, act_symmetric)
             batches = calibrator.batches if calibrator is not None else None  # the same clips, prepared once

@@ -520,4 +520,4 @@ def _quantize_block(adapter, block, final, method, batches, tied, cache) -> None
                                               (rot.left, rot.right) if rot is not None and rot.learned else None,
                                               res.input_shift)
     swap(model, {"layers": {j.name: j.spec for j in jobs}}, weights={n: r.weight for n, r in results.items()},
-         transforms=transforms, progress=False, check_finite=False)
+         transforms=transforms, progress=False, check_finite=False, runtime_attention=False)

@@ -95,7 +95,8 @@ def transformed_weight(weight_2d: torch.Tensor, transform: LayerTransform | None
 
 def swap(model: nn.Module, plan: dict, quantizer: Quantizer | None = None,
          weights: dict[str, PackedWeight] | None = None, progress: bool = True,
-         transforms: dict[str, LayerTransform] | None = None, check_finite: bool = True) -> nn.Module:
+         transforms: dict[str, LayerTransform] | None = None, check_finite: bool = True,
+         runtime_attention: bool = True) -> nn.Module:
     """Replace the plan's layers with packed modules, in place; returns the model.
 
     Packed weights come from `weights[name]` when given (a PTQ method's output, already of the
@@ -105,6 +106,9 @@ def swap(model: nn.Module, plan: dict, quantizer: Quantizer | None = None,
     `check_finite` scans every tensor of the model for NaN/inf first (a caller swapping block by
     block checks once, before the first block). An nn.Embedding tied to a quantized Linear (Whisper's decoder.embed_tokens <-> proj_out) becomes
     a QuantTiedEmbedding reading the same packed rows, so the shared table is stored once.
+    `runtime_attention`: a transformers model then gets quasr's attention where it applies
+    (integrations/attention.py), as a loaded one does; a PTQ pipeline swapping block by block
+    passes False and enables it once calibration is over.
     """
     specs = validate_plan(model, plan)
     if check_finite:  # a NaN bias or norm would ship as silently as a NaN weight
@@ -134,6 +138,10 @@ def swap(model: nn.Module, plan: dict, quantizer: Quantizer | None = None,
             new.bias = new.bias + (w @ tr.input_shift.to(w.device, torch.float32)).cpu()
         _install(model, name, new.to(module.weight.device), tied.get(name, []))
         new.prepare_runtime()
+    if runtime_attention and any(spec != KEEP for spec in specs.values()):
+        from ..integrations import attention
+
+        attention.enable(model)
     return model
 
 
