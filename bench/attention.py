@@ -5,7 +5,9 @@ SDPA on the heads of the three models, in one run (bench/RESULTS.md, issue 22).
 
 Shapes (batch, heads, frames, head size): whisper-tiny 1 x 6 x 1500 x 64, whisper-base 1 x 8 x 1500 x 64,
 batch 8 of tiny, moonshine-base 8 heads of 52 over 10 s of audio (about 415 frames). Inputs are
-[B, T, H, D] projections viewed as [B, H, T, D], as transformers passes them."""
+[B, T, H, D] projections viewed as [B, H, T, D], as transformers passes them. Then a Whisper decoder
+step's cross-attention: one query row per head against 1500 keys and values packed once per clip
+(quasr_cpu::attention_pack / attention_packed, as adapters/whisper_greedy.py runs it)."""
 
 from __future__ import annotations
 
@@ -56,6 +58,19 @@ def main():
         t_sdpa = timed(lambda: F.scaled_dot_product_attention(q, k, v, scale=scale), a.repeats)
         t_ours = timed(lambda: torch.ops.quasr.attention(q, k, v, scale, 0), a.repeats)
         print(f"| {name}: {b} x {h} x {t} x {d} | {t_sdpa:.2f} | {t_ours:.2f} | {t_sdpa / t_ours:.2f} | {err:.1e} |")
+    # A decoder step's cross-attention: one query row per head against keys and values packed once per clip.
+    for name, (b, h, d) in {"whisper-tiny decoder step": (1, 6, 64), "whisper-base decoder step": (1, 8, 64),
+                            "whisper-tiny decoder step, batch 8": (8, 6, 64)}.items():
+        q = torch.randn(b, h, 1, d, generator=g)
+        k, v = (torch.randn(b, h, 1500, d, generator=g) for _ in range(2))
+        pack = torch.ops.quasr_cpu.attention_pack(k, v)
+        exact = F.scaled_dot_product_attention(q, k, v, scale=d ** -0.5)
+        ours = torch.ops.quasr_cpu.attention_packed(q, pack, 1500, d ** -0.5)
+        err = ((ours - exact).norm() / exact.norm()).item()
+        t_sdpa = timed(lambda: F.scaled_dot_product_attention(q, k, v, scale=d ** -0.5), a.repeats * 10)
+        t_ours = timed(lambda: torch.ops.quasr_cpu.attention_packed(q, pack, 1500, d ** -0.5), a.repeats * 10)
+        print(f"| {name}: {b} x {h} x 1 x {d} against 1500 packed keys | {t_sdpa:.3f} | {t_ours:.3f} "
+              f"| {t_sdpa / t_ours:.2f} | {err:.1e} |")
 
 
 if __name__ == "__main__":

@@ -147,7 +147,7 @@ def test_quantized_models_use_it_where_available(family, monkeypatch):
 
 def test_mode_from_env(monkeypatch):
     monkeypatch.setenv(attention.ENV, "fast")
-    with pytest.raises(ValueError, match="auto, bf16, exact"):
+    with pytest.raises(ValueError, match="auto, bf16, bf16-cross, exact"):
         attention.mode_from_env()
     monkeypatch.setenv(attention.ENV, "EXACT")
     assert attention.mode_from_env() == "exact"
@@ -217,6 +217,9 @@ def test_lean_whisper_loop_packs_cross_attention_only_when_routed(monkeypatch):
     states = torch.randn(1, 1500, 64)
     assert not attention.packs_cross_attention(model, states)  # float models keep torch's attention
     quantize(get_adapter(model, processor), uniform_plan(model, 8, 32), None, "rtn", progress=False)
+    assert not attention.packs_cross_attention(model, states)  # opt-in: the default routes the encoder only
+    if CPU.has_bf16_attention():
+        attention.enable(model, "bf16-cross")
     assert attention.packs_cross_attention(model, states) == CPU.has_bf16_attention()
     assert not attention.packs_cross_attention(model, states.double())
     prompt = torch.tensor([[1]])

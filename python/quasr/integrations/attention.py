@@ -9,8 +9,10 @@ encoder's self-attention) and transformers' SDPA function everywhere else (the d
 masked and cached attention), with SDPA's masks.
 
 The kernel rounds q * scale, k, v and the softmax weights to bf16 and sums in float32 (about 2.5e-3
-relative error on Whisper-sized heads); docs/RESULTS.md has its effect on WER. It runs only on CPUs
-with AVX-512 BF16. `QUASR_ATTENTION=exact` (or `enable(model, "exact")`) keeps torch's attention."""
+relative error on Whisper-sized heads); bench/RESULTS.md has its effect on WER. It runs only on CPUs
+with AVX-512 BF16. `QUASR_ATTENTION=exact` (or `enable(model, "exact")`) keeps torch's attention;
+`bf16-cross` also runs the lean Whisper decoder's cross-attention on it (keys and values packed once
+per clip) — opt-in: on whisper-base it cost one early stop in 100 unseen clips (bench/RESULTS.md)."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import torch
 
 NAME = "quasr"
 ENV = "QUASR_ATTENTION"
-MODES = ("auto", "bf16", "exact")
+MODES = ("auto", "bf16", "bf16-cross", "exact")
 MIN_QUERIES = 64  # below this the rows are a decoder step's, where SDPA's fixed cost is smaller
 
 
@@ -55,9 +57,11 @@ def quasr_attention(module, query, key, value, attention_mask, dropout=0.0, scal
 
 def packs_cross_attention(model, encoder_states: torch.Tensor) -> bool:
     """Whether a decoder loop should run `model`'s cross-attention on quasr's kernel with keys and values
-    packed once (quasr_cpu::attention_pack / attention_packed): the model routes its attention here and
-    the encoder states are float32 on the CPU, with no gradient wanted."""
-    return (getattr(getattr(model, "config", None), "_attn_implementation", None) == NAME
+    packed once (quasr_cpu::attention_pack / attention_packed): the model was enabled in `bf16-cross`
+    mode, routes its attention here, and the encoder states are float32 on the CPU, with no gradient
+    wanted."""
+    return (getattr(model, "quasr_attention_mode", None) == "bf16-cross"
+            and getattr(getattr(model, "config", None), "_attn_implementation", None) == NAME
             and encoder_states.device.type == "cpu" and encoder_states.dtype == torch.float32
             and not (torch.is_grad_enabled() and encoder_states.requires_grad) and kernel_available())
 
@@ -87,15 +91,18 @@ def mode_from_env() -> str:
 def enable(model, mode: str | None = None) -> str:
     """Route `model`'s attention through `quasr_attention` per `mode` (default: QUASR_ATTENTION, else
     "auto"). auto: where the kernel is available and the model uses SDPA; bf16: the same, an error
-    where the kernel is not available; exact: back to SDPA. Returns what the model uses now ("quasr" or
-    its transformers attention implementation)."""
+    where the kernel is not available; bf16-cross: bf16, and the lean Whisper decoder's cross-attention
+    on the kernel too; exact: back to SDPA. Returns what the model uses now ("quasr" or its
+    transformers attention implementation)."""
     mode = mode_from_env() if mode is None else mode
     if mode not in MODES:
         raise ValueError(f"attention mode {mode!r}: expected one of {', '.join(MODES)}")
+    if hasattr(model, "set_attn_implementation"):
+        model.quasr_attention_mode = mode  # read by packs_cross_attention
     config = getattr(model, "config", None)
     current = getattr(config, "_attn_implementation", None)
     if not hasattr(model, "set_attn_implementation") or current is None:
-        if mode == "bf16":
+        if mode in ("bf16", "bf16-cross"):
             raise ValueError(f"{type(model).__name__} is not a transformers model with a settable attention "
                              "implementation; the bf16 attention kernel cannot be routed into it")
         return str(current)
@@ -104,7 +111,7 @@ def enable(model, mode: str | None = None) -> str:
             model.set_attn_implementation("sdpa")
         return "sdpa" if current == NAME else current
     if not kernel_available():
-        if mode == "bf16":
+        if mode in ("bf16", "bf16-cross"):
             raise RuntimeError("the bf16 attention kernel needs quasr's CPU extension and a CPU with AVX-512 BF16; "
                                f"this one has none (set {ENV}=exact or auto)")
         return current
