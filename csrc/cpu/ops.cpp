@@ -222,6 +222,11 @@ at::Tensor rotate_cpu(const at::Tensor& x, const std::optional<at::Tensor>& sign
 // it, else the portable one; 1 the AVX-512 BF16 path (an error without it); 2 the portable path.
 // attention_pack + attention_packed split the same computation for keys and values that serve many
 // calls (a decoder's cross-attention: packed once per clip, read at every step).
+// The first 64-byte boundary at or after p (buffers are allocated 64 bytes longer than they need).
+uint8_t* align64(uint8_t* p) {
+  return reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(p) + 63) & ~uintptr_t(63));
+}
+
 at::Tensor rows_of(const at::Tensor& t) {
   at::Tensor f = t.to(at::kFloat);
   return f.stride(3) == 1 ? f : f.contiguous();
@@ -255,7 +260,7 @@ void attention_rows_packed(const at::Tensor& qf, const at::Tensor& out, const ui
   const int64_t scratch = quasr::attention_scratch_bytes(tk, qf.size(3));
   at::parallel_for(0, BH * blocks, 1, [&](int64_t t0, int64_t t1) {
     std::vector<uint8_t> buf(scratch + 64);
-    uint8_t* aligned = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(buf.data()) + 63) & ~uintptr_t(63));
+    uint8_t* aligned = align64(buf.data());
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t bh = t / blocks, r0 = (t % blocks) * kAttentionRows;
       quasr::attention_rows(head_of(qf, nullptr, nullptr, out, bh, tk, scale), packs + bh * pack_bytes, r0,
@@ -264,9 +269,7 @@ void attention_rows_packed(const at::Tensor& qf, const at::Tensor& out, const ui
   });
 }
 
-uint8_t* aligned64(const at::Tensor& bytes) {
-  return reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(bytes.data_ptr<uint8_t>()) + 63) & ~uintptr_t(63));
-}
+uint8_t* aligned64(const at::Tensor& bytes) { return align64(bytes.data_ptr<uint8_t>()); }
 
 // Packs of every head of k and v: uint8 [B*H, pack_bytes + 64] rows whose data starts 64-byte
 // aligned at a fixed offset (see aligned64 on the whole tensor: rows are pack_bytes apart).
@@ -424,7 +427,7 @@ at::Tensor qlinear_i8_cpu(const at::Tensor& x, const at::Tensor& codes, const at
   const int64_t scratch = quasr::i8_scratch_bytes(chosen, w, M);
   at::parallel_for(0, quasr::i8_padded_n(N) / 64, 1, [&](int64_t b, int64_t e) {
     std::vector<uint8_t> buf(scratch + 64);
-    uint8_t* aligned = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(buf.data()) + 63) & ~uintptr_t(63));
+    uint8_t* aligned = align64(buf.data());
     quasr::qgemm_i8_chunks(chosen, w, acts, bp, yp, b, e, aligned);
   });
   return y.view(out_shape).to(x.scalar_type());

@@ -35,18 +35,18 @@ def kernel_available() -> bool:
     return cpu.available() and cpu.has_bf16_attention()
 
 
-def _applies(module, query, key, attention_mask, dropout, is_causal, kwargs) -> bool:
+def _applies(module, query, key, value, attention_mask, dropout, is_causal, kwargs) -> bool:
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     return (attention_mask is None and not causal and not dropout and query.device.type == "cpu"
             and query.dtype == torch.float32 and query.dim() == 4 and query.shape[2] >= MIN_QUERIES
             and key.shape[1] == query.shape[1] and kwargs.get("position_bias") is None
             and kwargs.get("softcap") is None and not kwargs.get("output_attentions", False)
-            and not (torch.is_grad_enabled() and (query.requires_grad or key.requires_grad)))
+            and not (torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad)))
 
 
 def quasr_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
     """transformers' attention-function signature: ([B, Tq, H, D] output, None)."""
-    if _applies(module, query, key, attention_mask, dropout, is_causal, kwargs) and not value.requires_grad:
+    if _applies(module, query, key, value, attention_mask, dropout, is_causal, kwargs):
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
         return torch.ops.quasr.attention(query, key, value, float(scale), 0).transpose(1, 2), None
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -108,8 +108,8 @@ def enable(model, mode: str | None = None) -> str:
         return str(current)
     if mode == "exact":
         if current == NAME:
-            model.set_attn_implementation("sdpa")
-        return "sdpa" if current == NAME else current
+            model.set_attn_implementation(current := "sdpa")
+        return current
     if not kernel_available():
         if mode in ("bf16", "bf16-cross"):
             raise RuntimeError("the bf16 attention kernel needs quasr's CPU extension and a CPU with AVX-512 BF16; "
