@@ -268,6 +268,7 @@ static inline vf fset1(float v) { return _mm256_set1_ps(v); }
 static inline vf fcvt(vi v) { return _mm256_cvtepi32_ps(v); }
 static inline vf fmul(vf a, vf b) { return _mm256_mul_ps(a, b); }
 static inline vf fadd(vf a, vf b) { return _mm256_add_ps(a, b); }
+static inline vf ffmadd(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
 static inline vf fnmadd(vf a, vf b, vf c) { return _mm256_fnmadd_ps(a, b, c); }
 static inline vf fdiv(vf a, vf b) { return _mm256_div_ps(a, b); }
 static inline vf fmin(vf a, vf b) { return _mm256_min_ps(a, b); }
@@ -300,7 +301,7 @@ static inline void store_i8(int8_t* p, vi v) {  // 8 int32 in [-128, 127] -> 8 b
                    _mm_unpacklo_epi32(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1)));
 }
 static constexpr int kDirectCols(int rows) { return rows == 1 ? 4 : rows == 2 ? 2 : 1; }
-static constexpr int kPanelRows = 4, kPanelCols = 1;
+static constexpr int kPanelRows = 3, kPanelCols = 1;
 #define QUASR_I8_ROW_OPS 1
 #include "qgemm_i8_body.inc"
 #undef QUASR_I8_ROW_OPS
