@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from e2e import DEFAULT_GROUP_SIZE, quantized  # noqa: E402
+from quasr.plan import default_group_size  # noqa: E402
+from e2e import quantized  # noqa: E402
 
 from quasr.adapters import get_adapter  # noqa: E402
 from quasr.data import load_clips  # noqa: E402
@@ -34,7 +35,7 @@ def main():
     a = p.parse_args()
     torch.set_num_threads(2)
     base, processor = load_model(a.model)
-    model = quantized(base, processor, "preset", (4, DEFAULT_GROUP_SIZE), None)
+    model = quantized(base, processor, "preset", (4, default_group_size(4)), None)
     ad = get_adapter(model, processor)
     clips = load_clips(SPEECH / "librispeech", limit=a.clips)
     g = torch.Generator().manual_seed(0)

@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from e2e import DEFAULT_GROUP_SIZE, quantized  # noqa: E402
+from quasr.plan import default_group_size  # noqa: E402
+from e2e import quantized  # noqa: E402
 
 from quasr.data import load_clips  # noqa: E402
 from quasr.evaluate import machine_description, normalizer, transcribe, word_error_rate  # noqa: E402
@@ -44,14 +45,14 @@ def main():
                 "clips (en)": load_clips(speech / "clips", language="en")}
     unlabelled = load_clips(speech / "librispeech", limit=a.unlabelled)
     norm = normalizer("en")
-    print(f"{machine_description()}; `quasr --bits 4` preset (RTN g{DEFAULT_GROUP_SIZE}, int8 activations), "
+    print(f"{machine_description()}; `quasr --bits 4` preset (RTN g{default_group_size(4)}, int8 activations), "
           f"greedy, batch {a.batch}\n")
     print("| model | set | clips | WER: SDPA fp32 / bf16 / eager fp32 % | word disagreement with SDPA: bf16 / eager % "
           "| stopped early / looped: SDPA; bf16; eager | seconds SDPA / bf16 |")
     print("|---|---|---:|---|---|---|---|")
     for name in a.models.split(","):
         base, processor = load_model(name)
-        model = quantized(base, processor, "preset", (4, DEFAULT_GROUP_SIZE), None)
+        model = quantized(base, processor, "preset", (4, default_group_size(4)), None)
         for label, clips in (*labelled.items(), ("LibriSpeech (no labels)", unlabelled)):
             waves = [c.waveform() for c in clips]
             hyps, secs = {}, {}

@@ -43,15 +43,14 @@ from quasr.audio import SAMPLE_RATE
 from quasr.data import default_data, load_clips
 from quasr.evaluate import transcribe, word_error_rate
 from quasr.methods import config_plan, get_method, quantize, with_activations
-from quasr.plan import DEFAULT_GROUP_SIZE, uniform_plan
 from quasr.models import BUILTIN, _builtin_files, _package_dir, load_model, quasr_cache
-from quasr.plan import model_size_bytes
+from quasr.plan import default_group_size, model_size_bytes, uniform_plan
 
 SYSTEMS = ("ct2-int8", "ct2-fp32", "hf-fp32", "quasr", "ort", "whispercpp", "whispercpp-q", "quasr-ggml", "ort-q",
            "quasr-onnx")
-# preset<b>: what `quasr quantize --bits b` makes (RTN, group 128, int8 activations per token and
-# group: the CLI's defaults); rtn:W4A16g128 is the same weights with float activations.
-DEFAULT_VARIANTS = "float,preset8,preset4,preset3,rtn:W4A16g128"
+# preset<b>: what `quasr quantize --bits b` makes (RTN, its default group, int8 activations per token and
+# group: the CLI's defaults); rtn:W4A16 is the same weights with float activations.
+DEFAULT_VARIANTS = "float,preset8,preset4,preset3,rtn:W4A16"
 FLOAT_LABEL = "transformers fp32 (its generate)"
 PAUSE_S = 0.25  # between timed runs: lets the previous runtime's spinning worker threads go idle
 
@@ -246,7 +245,7 @@ def parse_variants(spec: str) -> list[tuple[str, str | tuple[int, int], str | No
         if parts == ["float"]:
             out.append(("float", "", None))
         elif len(parts) == 1 and (m := re.fullmatch(r"preset(\d)(?:g(\d+))?", parts[0])):  # preset4, preset4g64
-            out.append(("preset", (int(m[1]), int(m[2] or DEFAULT_GROUP_SIZE)), None))
+            out.append(("preset", (int(m[1]), int(m[2]) if m[2] else default_group_size(int(m[1]))), None))
         elif parts == ["mixed45"]:
             out.append(("mixed45", "", None))
         elif len(parts) in (2, 3):
@@ -265,7 +264,7 @@ def quantized(base, processor, method: str, config: str | tuple[int, int], granu
         quantize(get_adapter(m, processor), plan, None, get_method("rtn"), progress=False)
         return m
     if method == "mixed45":  # a fixed mixed plan: RTN W4 g128, the decoder's fc2 layers and its first layer at 5 bits
-        plan = uniform_plan(m, 4, DEFAULT_GROUP_SIZE)
+        plan = uniform_plan(m, 4, 128)
         for name, spec in plan["layers"].items():
             if name.startswith("model.decoder.layers.") and (name.endswith(".fc2") or ".layers.0." in name):
                 plan["layers"][name] = dict(spec, bits=5)

@@ -11,7 +11,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from e2e import DEFAULT_GROUP_SIZE, CT2Whisper, ct2_dir, quantized  # noqa: E402
+from quasr.plan import default_group_size  # noqa: E402
+from e2e import CT2Whisper, ct2_dir, quantized  # noqa: E402
 
 from quasr.adapters import get_adapter  # noqa: E402
 from quasr.data import default_data, load_clips  # noqa: E402
@@ -22,7 +23,7 @@ torch.set_num_threads(2)
 import ctranslate2  # noqa: E402
 
 base, proc = load_model("whisper-tiny.en")
-m = quantized(base, proc, "preset", (4, DEFAULT_GROUP_SIZE), None)
+m = quantized(base, proc, "preset", (4, default_group_size(4)), None)
 waves = [c.waveform() for c in load_clips(default_data(), limit=30)]
 ct2 = CT2Whisper(ct2_dir("whisper-tiny.en"), "int8", 2, proc)
 ad = get_adapter(m, proc)

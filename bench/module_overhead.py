@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from e2e import DEFAULT_GROUP_SIZE, quantized  # noqa: E402
+from quasr.plan import default_group_size  # noqa: E402
+from e2e import quantized  # noqa: E402
 
 from quasr.evaluate import machine_description  # noqa: E402
 from quasr.kernels import BACKENDS  # noqa: E402
@@ -18,7 +19,7 @@ from quasr.models import load_model  # noqa: E402
 
 torch.set_num_threads(2)
 base, proc = load_model("whisper-tiny.en")
-lin = quantized(base, proc, "preset", (4, DEFAULT_GROUP_SIZE), None).model.decoder.layers[0].self_attn.q_proj
+lin = quantized(base, proc, "preset", (4, default_group_size(4)), None).model.decoder.layers[0].self_attn.q_proj
 x = torch.randn(1, 1, 384)
 cpu, pw, act = BACKENDS["cpu"], lin.packed_weight(), lin.act_quant()
 layout = lin._layouts(0)(cpu, pw)

@@ -67,3 +67,32 @@ def test_device_option_errors_name_the_problem():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="sees no CUDA GPU"):
             resolve_device("cuda")
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_default_group_follows_the_width(tmp_path, capsys):
+    """--bits 2-4 and --config W4A16 get group 64, 5-8 bits 128 (docs/RESULTS.md, "A safe 4-bit preset");
+    an explicit --group-size wins, and one that contradicts --config is refused, not ignored."""
+    from conftest import tiny_family
+
+    model, processor = tiny_family("whisper", tmp_path)
+    src = tmp_path / "src"
+    model.save_pretrained(src)
+    processor.save_pretrained(src)
+
+    def groups(*argv):
+        out = tmp_path / f"q{len(list(tmp_path.iterdir()))}"
+        assert main(["quantize", str(src), *argv, "--out", str(out), "--json"]) == 0
+        reported = json.loads(capsys.readouterr().out)["group_size"]
+        plan = json.loads((out / "quasr_plan.json").read_text())["plan"]["layers"]
+        # the plan stores each layer's effective group: a row narrower than the group is one group
+        return reported, max(spec["group_size"] for spec in plan.values() if isinstance(spec, dict))
+
+    assert groups("--bits", "4") == (64, 64)
+    assert groups("--bits", "3") == (64, 64)
+    assert groups("--bits", "6") == (128, 128)
+    assert groups("--bits", "4", "--group-size", "128") == (128, 128)
+    assert groups("--config", "W4A16") == (64, 64)
+    assert groups("--config", "W4A16g128") == (128, 128)
+    assert main(["quantize", str(src), "--config", "W4A16", "--group-size", "32", "--out", str(tmp_path / "bad")]) == 2
+    assert "--config W4A16 sets group 64 but --group-size says 32" in capsys.readouterr().err

@@ -422,9 +422,11 @@ def test_transformed_models_save_and_load(method, calibrated, tmp_path):
 
 
 def test_configs_parse():
-    assert parse_config("W4A16") == (4, 128, 16) and parse_config("W8A8") == (8, -1, 8)
-    assert parse_config("W3A8g64") == (3, 64, 8)
-    assert parse_config("W3.5A16") == (3.5, 128, 16)  # mixed precision to that average size
+    # 2-4 bits default to group 64, 5-8 to 128 (default_group_size); a g<size> or a named config says otherwise
+    assert parse_config("W4A16") == (4, 64, 16) and parse_config("W8A8") == (8, -1, 8)
+    assert parse_config("W4A16g128") == (4, 128, 16) and parse_config("W3A16") == (3, 64, 16)
+    assert parse_config("W3A8g32") == (3, 32, 8) and parse_config("W6A8") == (6, 128, 8) and parse_config("W2A8") == (2, 64, 8)
+    assert parse_config("W3.5A16") == (3.5, 128, 16)  # mixed precision to that average size (DEFAULT_GROUP_SIZE)
     with pytest.raises(ValueError, match="mixed-precision size, not a uniform plan"):
         config_plan(tiny_family("whisper")[0], "W3.5A16")
     for bad in ("W9A16", "W4A3x", "W4A1", "4bit", "W8.5A16", "W1.5A16", "W3.A8"):

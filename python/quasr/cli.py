@@ -13,7 +13,7 @@ from .allocation.allocate import ALLOCATIONS
 from .allocation.sensitivity import ERRORS, SCORES
 from .data import default_data
 from .methods import METHODS
-from .plan.schema import DEFAULT_GROUP_SIZE
+from .plan.schema import DEFAULT_GROUP_SIZE, default_group_size
 
 
 def _quiet_transformers() -> None:
@@ -71,8 +71,9 @@ def _out_dir(value: str) -> Path:
 
 def _add_quant_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bits", type=int, default=4, choices=range(2, 9), metavar="{2..8}", help="weight bits, 2-8 (default 4)")
-    p.add_argument("--group-size", type=_group, default=DEFAULT_GROUP_SIZE,
-                   help=f"32, 64, 128 or -1 for per-channel (default {DEFAULT_GROUP_SIZE})")
+    p.add_argument("--group-size", type=_group, default=None,
+                   help=f"32, 64, 128 or -1 for per-channel (default: 64 at 2-4 bits, 128 at 5-8; "
+                        f"{DEFAULT_GROUP_SIZE} for mixed precision)")
     p.add_argument("--symmetric", action="store_true", help="symmetric quantization (default asymmetric)")
     p.add_argument("--method", default="rtn", choices=list(METHODS),
                    help="PTQ method (default rtn); all but rtn/hqq need --calib audio")
@@ -117,13 +118,21 @@ def _apply_config(args) -> None:
     if getattr(args, "config", None):
         from .methods import is_mixed, parse_config
 
-        bits, args.group_size, args.act_bits = parse_config(args.config)
+        bits, group, args.act_bits = parse_config(args.config)
+        given = getattr(args, "group_size", None)
+        if given is not None and given != group:
+            raise ValueError(f"--config {args.config} sets group {group} but --group-size says {given}: drop one, "
+                             f"or put the group in the config (e.g. {args.config.split('g')[0]}g{given})")
+        args.group_size = group
         if is_mixed(bits):  # W3.5A8: mixed precision to the size of 3.5 bits on average
             if getattr(args, "budget_mb", None) is not None:
                 raise ValueError(f"--config {args.config} sets an average width; drop --budget-mb or use W<int>")
             args.avg_bits = bits
         else:
             args.bits = bits
+    if getattr(args, "group_size", 0) is None:  # not given: by width (uniform) or the mixed-precision default
+        mixed = getattr(args, "budget_mb", None) is not None or getattr(args, "avg_bits", None) is not None
+        args.group_size = DEFAULT_GROUP_SIZE if mixed else default_group_size(args.bits)
 
 
 def _method_options(args) -> dict:

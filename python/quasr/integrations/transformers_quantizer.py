@@ -21,8 +21,9 @@ from transformers.quantizers import HfQuantizer, register_quantization_config, r
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from .. import __version__
+from ..format import SUPPORTED_BITS
 from ..integrity import check_finite_model, json_digest, tensor_digest
-from ..plan.schema import DEFAULT_GROUP_SIZE
+from ..plan.schema import default_group_size
 
 QUANT_METHOD = "quasr"
 DIGESTS_KEY = "quasr_sha256"  # safetensors metadata written by save_pretrained: tensor name -> sha256
@@ -36,10 +37,10 @@ class QuasrQuantizationError(ValueError):
 @register_quantization_config(QUANT_METHOD)
 class QuasrConfig(QuantizationConfigMixin):
     """What a quasr model is (`plan`: per-layer bits, group size, method transforms; as in
-    quasr_plan.json) or, for a float model loaded with it, how to quantize it (`bits`, `group_size`,
-    `symmetric`, `keep` globs, weight `clip`)."""
+    quasr_plan.json) or, for a float model loaded with it, how to quantize it (`bits`, `group_size`
+    (default as `quasr quantize --bits`: 64 at 2-4 bits, 128 above), `symmetric`, `keep` globs, weight `clip`)."""
 
-    def __init__(self, plan: dict | None = None, bits: int | None = None, group_size: int = DEFAULT_GROUP_SIZE,
+    def __init__(self, plan: dict | None = None, bits: int | None = None, group_size: int | None | str = "auto",
                  symmetric: bool = False, keep: list[str] | tuple[str, ...] = (), clip: str = "mse",
                  format_version: int | None = None, quasr_version: str | None = None, **kwargs):
         from ..serialize import FORMAT_VERSION
@@ -54,6 +55,8 @@ class QuasrConfig(QuantizationConfigMixin):
         if plan is not None and not (isinstance(plan, dict) and isinstance(plan.get("layers"), dict)):
             raise QuasrQuantizationError("quantization_config.plan must be a quasr plan ({'layers': {...}}); the "
                                          "config.json is corrupt: re-create the checkpoint with `quasr quantize`")
+        if group_size == "auto" and bits in SUPPORTED_BITS:  # the group `quasr quantize --bits` uses
+            group_size = default_group_size(bits)
         self.quant_method = QUANT_METHOD
         self.plan = plan
         self.bits, self.group_size, self.symmetric, self.keep, self.clip = bits, group_size, symmetric, list(keep), clip

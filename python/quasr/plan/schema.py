@@ -17,9 +17,17 @@ from ..nn import QuantConv1d, QuantLinear
 from ..ranges import ACT_GRANULARITIES
 
 KEEP = "keep"
-# The weight group `quasr quantize --bits N` uses unless told (docs/RESULTS.md, "Which tensors a 4-bit
-# preset should widen").
+# The weight group of mixed-precision plans (one group for every layer's width) unless told.
 DEFAULT_GROUP_SIZE = 128
+
+
+def default_group_size(bits: int) -> int:
+    """The weight group a uniform `bits`-wide plan gets unless told (`quasr quantize --bits N`,
+    `--config W4A16`): 64 at 2-4 bits, where group 128 broke clips on speech nothing was tuned on
+    (looped or stopped early; docs/RESULTS.md, "Which tensors a 4-bit preset should widen" and "A
+    safe 4-bit preset"), 128 at 5-8 bits, where it already transcribes as float does."""
+    check_bits(bits)
+    return 64 if bits <= 4 else 128
 # bits/group_size/symmetric: the weight; act_*: activation fake-quant at the layer's input (16/absent:
 # none); rotate/smooth: the layer has an online rotation (true: randomised Hadamard; "learned":
 # SpinQuant's learned factors) / a per-channel input multiply / a per-channel input shift (set by PTQ
@@ -76,10 +84,13 @@ def check_spec(name: str, spec) -> dict | str:
     return out
 
 
-def uniform_plan(model: nn.Module, bits: int, group_size: int | None = 128, symmetric: bool = False,
+def uniform_plan(model: nn.Module, bits: int, group_size: int | None | str = "auto", symmetric: bool = False,
                  keep: tuple[str, ...] = ()) -> dict:
-    """Every quantizable layer at `bits`; names matching any glob in `keep` stay float."""
+    """Every quantizable layer at `bits` in groups of `group_size` ("auto": default_group_size(bits);
+    None or -1: per output channel); names matching any glob in `keep` stay float."""
     check_bits(bits)
+    if group_size == "auto":
+        group_size = default_group_size(bits)
     resolve_group_size(group_size, 32)
     spec = {"bits": bits, "group_size": -1 if group_size is None else group_size, "symmetric": symmetric}
     layers = {}
