@@ -16,7 +16,13 @@ Systems (one row each, per model and batch size):
 Every system runs under quasr's adapter `transcribe` (long audio split at pauses, clips sorted by
 length and batched), with the same features (Whisper: WhisperFeatureExtractor log-mels; Moonshine:
 the raw waveform), greedy decoding and quasr's token cap (`Seq2SeqAdapter.max_new_tokens`).
-Everything is loaded and warmed up first, then timed round-robin --repeats times, median reported.
+Each system (each quasr variant too) runs in a process of its own (this script with --child), one
+after another: loaded, warmed up, then timed --repeats times, median reported. In one process the
+runtimes disturb each other: after a single CTranslate2 run, quasr's W4 model on whisper-tiny.en
+(batch 1, 2 threads) ran 1.5x slower for the rest of the process (CTranslate2 starts its own worker
+threads and ships its own OpenMP runtime), which biased the old same-process tables against
+quasr and transformers. --same-process keeps the old behaviour (everything loaded together, timed
+round-robin) for comparison.
 WER: quasr.evaluate.word_error_rate (Whisper's English normaliser) on the first timed repeat.
 
 Run: HF_HUB_OFFLINE=1 .venv/bin/python bench/e2e.py --clips 30 --repeats 3 --batch 1,8 --out bench/results/e2e.md
@@ -24,11 +30,14 @@ Run: HF_HUB_OFFLINE=1 .venv/bin/python bench/e2e.py --clips 30 --repeats 3 --bat
 import argparse
 import copy
 import gc
+import json
 import os
 import re
 import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -385,6 +394,55 @@ def time_systems(engines: list[Engine], waves: list[np.ndarray], batch: int, rep
     return {k: (statistics.median(v), hyps[k]) for k, v in times.items()}
 
 
+def units(name: str, a, systems: set[str]) -> list[tuple[str, str]]:
+    """The (systems, variants) each child process runs for one model, in the order of build_systems' rows:
+    every peer alone, quasr's float row alone, then each quantized variant in each requested runtime."""
+    family = BUILTIN[name].family
+    peers = [s for s in ("hf-fp32", "ct2-int8", "ct2-fp32", "ort", "whispercpp", "whispercpp-q", "ort-q") if s in systems]
+    out = [(s, "") for s in peers[:1]]
+    if "quasr" in systems and family == "whisper" and "float" in a.variants.split(","):
+        out.append(("quasr", "float"))
+    out += [(s, "") for s in peers[1:]]
+    for item in filter(None, a.variants.split(",")):
+        if item != "float":
+            out += [(s, item) for s in ("quasr", "quasr-ggml", "quasr-onnx") if s in systems]
+    return out
+
+
+def run_child(a, name: str) -> None:
+    """--child: build this process's systems of one model, time every batch size, write the JSON."""
+    systems = set(filter(None, a.systems.split(",")))
+    clips = load_clips(default_data(), "en", a.clips)
+    waves = [c.waveform() for c in clips]
+    engines, skipped = build_systems(name, a, systems)
+    results = {b: time_systems(engines, waves, b, a.repeats) for b in (int(x) for x in a.batch.split(","))}
+    Path(a.child).write_text(json.dumps({
+        "engines": [{"key": e.key, "label": e.label, "size": e.size} for e in engines], "skipped": skipped,
+        "results": {str(b): {k: list(v) for k, v in r.items()} for b, r in results.items()}}))
+
+
+def run_isolated(name: str, a, systems: set[str], batches: list[int]) -> tuple[list[Engine], dict, list[str]]:
+    """Every unit of one model in a child process of its own; the engines, {batch: results} and skips."""
+    engines, results, skipped = [], {b: {} for b in batches}, []
+    for unit_systems, unit_variants in units(name, a, systems):
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "child.json"
+            cmd = [sys.executable, __file__, "--models", name, "--systems", unit_systems, "--variants", unit_variants,
+                   "--batch", a.batch, "--clips", str(a.clips), "--repeats", str(a.repeats),
+                   "--threads", str(a.threads), "--force", "--child", str(out)]
+            print(f"-- {name}: {unit_systems} {unit_variants}".rstrip(), flush=True)
+            proc = subprocess.run(cmd)
+            if proc.returncode != 0 or not out.exists():
+                skipped.append(f"{unit_systems} {unit_variants}: skipped: its process failed (exit {proc.returncode})")
+                continue
+            got = json.loads(out.read_text())
+        engines += [Engine(e["key"], e["label"], None, e["size"]) for e in got["engines"]]
+        skipped += [s for s in got["skipped"] if s not in skipped]
+        for b in batches:
+            results[b].update({k: tuple(v) for k, v in got["results"][str(b)].items()})
+    return engines, results, skipped
+
+
 def report(name: str, batch: int, a, engines, results, skipped, refs, audio_s: float) -> str:
     """The markdown table of one model and batch size."""
     ref_key = next((k for k in ("ct2-int8", "ort") if any(e.key == k for e in engines)), None)
@@ -418,7 +476,14 @@ def main():
     p.add_argument("--systems", default=",".join(SYSTEMS), help=f"subset of {','.join(SYSTEMS)}")
     p.add_argument("--out", default=None, help="append the markdown to this file")
     p.add_argument("--force", action="store_true", help="run even if the machine is busy")
+    p.add_argument("--same-process", action="store_true",
+                   help="load and time every system in this one process, round-robin (the runtimes disturb each other)")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)  # internal: one unit, results to this JSON
     a = p.parse_args()
+    if a.child:
+        torch.set_num_threads(a.threads)
+        transformers.logging.set_verbosity_error()
+        return run_child(a, a.models)
     systems = set(filter(None, a.systems.split(",")))
     if systems - set(SYSTEMS):
         raise SystemExit(f"unknown systems {sorted(systems - set(SYSTEMS))}; choose from {', '.join(SYSTEMS)}")
@@ -439,11 +504,16 @@ def main():
     waves, refs = [c.waveform() for c in clips], [c.text for c in clips]
     audio_s = sum(len(w) for w in waves) / SAMPLE_RATE
     out = [f"## bench/e2e.py, {time.strftime('%Y-%m-%d %H:%M')}\n\n{header}; load average at start {load:.2f}\n"]
+    out[0] += f"\nEach system timed in a process of its own.\n" if not a.same_process else (
+        "\nAll systems in one process, timed round-robin (--same-process).\n")
     for name in models:
-        engines, skipped = build_systems(name, a, systems)
+        if a.same_process:
+            engines, skipped = build_systems(name, a, systems)
+            by_batch = {b: time_systems(engines, waves, b, a.repeats) for b in batches}
+        else:
+            engines, by_batch, skipped = run_isolated(name, a, systems, batches)
         for batch in batches:
-            results = time_systems(engines, waves, batch, a.repeats)
-            table = report(name, batch, a, engines, results, skipped, refs, audio_s)
+            table = report(name, batch, a, engines, by_batch[batch], skipped, refs, audio_s)
             print("\n" + table, flush=True)
             out.append(table)
         del engines
