@@ -69,22 +69,46 @@ def test_allocations_fit_the_budget_and_respect_2_to_8_bits(method, avg_bits):
 def test_myqasr_uniformity_constraint_and_slack(avg_bits):
     sm = SizeModel(Stack())
     budget = sm.budget_for_average_bits(avg_bits)
-    a = allocate("myqasr", sm, budget, scores=_scores(sm))
-    assert max(a.bits.values()) - min(a.bits.values()) <= 1
-    # it stops as soon as it fits: one layer's last one-bit step earlier it did not
-    biggest_step = max(sm.layer_bytes(n, b) - sm.layer_bytes(n, b - 1) for n in sm.names for b in range(3, 9))
-    assert budget - a.size_bytes < biggest_step
-    # the least sensitive layers lose bits first
     order = sensitivity_order(_scores(sm), sm.names)
-    bits_in_order = [a.bits[n] for n in order]
+    paper = allocate_round_robin(sm, budget, order, fill=False)
+    assert max(paper.bits.values()) - min(paper.bits.values()) <= 1
+    # the paper's algorithm stops as soon as it fits: one layer's last one-bit step earlier it did not
+    biggest_step = max(sm.layer_bytes(n, b) - sm.layer_bytes(n, b - 1) for n in sm.names for b in range(3, 9))
+    assert budget - paper.size_bytes < biggest_step
+    # the least sensitive layers lose bits first
+    bits_in_order = [paper.bits[n] for n in order]
     assert bits_in_order == sorted(bits_in_order)
+    # quasr's default then hands the room back, keeping the constraint: no layer left at the lower
+    # width could regain its bit, and only layers the paper had lowered gained one
+    a = allocate("myqasr", sm, budget, scores=_scores(sm))
+    assert a.size_bytes <= budget and a.size_bytes >= paper.size_bytes
+    assert max(a.bits.values()) - min(a.bits.values()) <= 1
+    low = min(a.bits.values())
+    for n in sm.names:
+        assert a.bits[n] - paper.bits[n] in (0, 1)
+        if a.bits[n] == low < 8:
+            assert a.size_bytes + sm.layer_bytes(n, low + 1) - sm.layer_bytes(n, low) > budget
+
+
+def test_myqasr_fill_gives_back_a_large_layers_bit():
+    # one large layer lowered last (most sensitive) leaves most of its step unused in the paper's
+    # algorithm; the fill pass gives it to the smaller layers, most sensitive first
+    sm = SizeModel(Stack(shapes=((64, 64), (64, 64), (64, 64), (512, 512)), conv=False))
+    order = sm.names  # the big layer is last: most sensitive
+    small = sm.layer_bytes(order[0], 6) - sm.layer_bytes(order[0], 5)
+    budget = sm.uniform_bytes(6) - 3 * small - 1  # the three small layers' bits are one byte short
+    paper = allocate_round_robin(sm, budget, order, fill=False)
+    assert [paper.bits[n] for n in order] == [5, 5, 5, 5]  # the big layer's bit paid for all of them
+    a = allocate_round_robin(sm, budget, order)
+    assert [a.bits[n] for n in order] == [6, 6, 6, 5]
+    assert a.size_bytes <= budget and a.size_bytes > paper.size_bytes
 
 
 def test_myqasr_follows_algorithm_1_step_by_step():
     sm = SizeModel(Stack(conv=False))
     order = sm.names[::-1]
     budget = sm.uniform_bytes(7) - 1  # needs some layers at 6
-    a = allocate_round_robin(sm, budget, order)
+    a = allocate_round_robin(sm, budget, order, fill=False)
     expected = {n: 7 for n in sm.names}
     size = sm.size_bytes(expected)
     for n in order:  # second round: lower one layer at a time until it fits
