@@ -74,6 +74,23 @@ def test_lean_loop_matches_generate_english_only(packed, batch):
             [ids], skip_special_tokens=True)[0].strip() for ids in _hf(adapter, waves, None)]
 
 
+@pytest.mark.parametrize("packed", [False, True])
+def test_cpu_encoder_runs_clip_by_clip_with_the_batched_result(packed, monkeypatch):
+    model, processor = tiny_family("whisper")
+    if packed:
+        model = swap(model, uniform_plan(model, 4, 32), progress=False)
+    adapter = get_adapter(model, processor)
+    feats = adapter.preprocess(_waves(3))["input_features"]
+    calls = []
+    encoder = model.get_encoder()
+    monkeypatch.setattr(encoder, "forward", lambda x, _f=encoder.forward: calls.append(len(x)) or _f(x))
+    with torch.inference_mode():
+        chunked = adapter.encode(feats)
+        assert calls == [1, 1, 1]
+        whole = encoder(feats).last_hidden_state
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("language", ["fr", "french", None])
 def test_lean_loop_matches_generate_multilingual(language):
     model, processor = tiny_family("whisper")
