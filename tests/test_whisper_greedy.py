@@ -152,6 +152,37 @@ def test_lean_loop_stops_at_the_end_token_as_generate_does():
     assert all(0 < len(r) < adapter.max_new_tokens(waves) for r in lean)
 
 
+@pytest.mark.parametrize("packed,eos_bias", [(False, 0.6), (False, 0.8), (False, 0.9), (True, 0.1), (True, 0.2),
+                                             (True, 0.3)])
+def test_rows_that_end_leave_the_batch_with_the_same_tokens(packed, eos_bias):
+    """Rows with different prompts and a bias on the end token end at different steps: the batch
+    (which drops each row as it ends) gives every row the tokens it gets decoded alone."""
+    model, _ = tiny_family("whisper")
+    if packed:
+        model = swap(model, uniform_plan(model, 4, 32), progress=False)
+    gc = model.generation_config
+    head = torch.nn.Linear(model.config.d_model, model.config.vocab_size, bias=True)
+    torch.manual_seed(1)
+    with torch.no_grad():  # the packed model's head is float again here: a random one
+        head.weight.copy_(model.proj_out.weight if not packed else torch.randn_like(head.weight) * 0.02)
+        head.bias.zero_()
+        head.bias[gc.eos_token_id] = eos_bias
+    model.proj_out = head
+    torch.manual_seed(0)
+    states = torch.randn(6, model.config.max_source_positions, model.config.d_model)
+    prompt = torch.tensor([[gc.decoder_start_token_id, t] for t in (5, 40, 77, 120, 160, 200)])
+    greedy = whisper_greedy.WhisperGreedy(model)
+    seen = []
+    with torch.inference_mode():
+        batched = greedy(states, prompt, 20, lambda ids, scores: seen.append(ids.shape[0]) or scores)
+        alone = [greedy(states[r: r + 1], prompt[r: r + 1], 20)[0].tolist() for r in range(6)]
+    pad = gc.pad_token_id if gc.pad_token_id is not None else gc.eos_token_id
+    for row, own in zip(batched.tolist(), alone):
+        assert row == own + [pad] * (len(row) - len(own))
+    ends = {(r.index(gc.eos_token_id) if gc.eos_token_id in r else -1) for r in alone}
+    assert len(ends) > 1 and seen[0] == 6 and min(seen) < 6  # rows ended raggedly and left the batch
+
+
 @pytest.mark.slow
 def test_lean_loop_matches_generate_on_real_clips(whisper_tiny_en, speech_dir):
     """whisper-tiny.en, float and the --bits 4 preset's packed model, 6 real prompts in one batch of

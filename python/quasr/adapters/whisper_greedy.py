@@ -106,7 +106,11 @@ class WhisperGreedy:
                  suppress=None) -> torch.Tensor:
         """Token ids (B, P + generated), prompt included, as greedy `generate` makes them before
         Whisper strips the prompt: a row that has ended is filled with the pad token until every row
-        has ended or the budget is spent. `suppress(ids, scores)` is the logits processor."""
+        has ended or the budget is spent. `suppress(ids, scores)` is the logits processor.
+
+        A row that has ended leaves the batch (its caches are dropped), so the rows still running
+        are all that is computed: generate keeps computing ended rows until the last one ends, and
+        at batch 8 one clip that runs long (or loops to the token cap) made all 8 run as long."""
         gc, dec = self.model.generation_config, self.decoder
         eos = gc.eos_token_id
         pad = gc.pad_token_id if gc.pad_token_id is not None else eos
@@ -120,9 +124,10 @@ class WhisperGreedy:
         shape = (b, self.heads, total, self.head_dim)
         keys = [torch.empty(shape, dtype=dtype, device=device) for _ in dec.layers]
         values = [torch.empty(shape, dtype=dtype, device=device) for _ in dec.layers]
+        cross_kv = [None] * len(dec.layers)  # unpacked, kept to repack when rows leave
         positions = dec.embed_positions.weight
         ids, step_ids, start = prompt, prompt, 0
-        unfinished = torch.ones(b, dtype=torch.bool, device=device)
+        active = torch.arange(b, device=device)  # rows of the full batch still decoding
         while ids.shape[1] < total:
             n = step_ids.shape[1]
             end = start + n
@@ -138,21 +143,31 @@ class WhisperGreedy:
                 h = h + sa.out_proj(a.transpose(1, 2).reshape(b, n, -1))
                 q = self._heads(ca.q_proj(layer.encoder_attn_layer_norm(h)) * ca.scaling)
                 if cross[i] is None:
-                    cross[i] = (self._heads(ca.k_proj(encoder_states)).contiguous(),
-                                self._heads(ca.v_proj(encoder_states)).contiguous())
-                    if packed:
-                        cross[i] = torch.ops.quasr_cpu.attention_pack(*cross[i])
+                    cross_kv[i] = (self._heads(ca.k_proj(encoder_states)).contiguous(),
+                                   self._heads(ca.v_proj(encoder_states)).contiguous())
+                    cross[i] = torch.ops.quasr_cpu.attention_pack(*cross_kv[i]) if packed else cross_kv[i]
                 a = (torch.ops.quasr_cpu.attention_packed(q, cross[i], encoder_states.shape[1], 1.0) if packed
                      else F.scaled_dot_product_attention(q, *cross[i], scale=1.0))
                 h = h + ca.out_proj(a.transpose(1, 2).reshape(b, n, -1))
                 h = h + layer.fc2(layer.activation_fn(layer.fc1(layer.final_layer_norm(h))))
             scores = self.model.proj_out(dec.layer_norm(h[:, -1:]))[:, 0].float()
             if suppress is not None:
-                scores = suppress(ids, scores)
-            nxt = torch.where(unfinished, scores.argmax(-1), pad)
-            ids = torch.cat([ids, nxt[:, None]], 1)
-            unfinished &= nxt != eos
+                scores = suppress(ids if ids.shape[0] == b else ids.index_select(0, active), scores)  # its rows
+            nxt = scores.argmax(-1)
+            full = torch.full((ids.shape[0], 1), pad, dtype=ids.dtype, device=device)
+            full[active, 0] = nxt
+            ids = torch.cat([ids, full], 1)
             start, step_ids = end, nxt[:, None]
-            if not bool(unfinished.any()):
+            ended = nxt == eos
+            if bool(ended.all()):
                 break
+            if bool(ended.any()):  # drop the rows that ended from every cache
+                keep = (~ended).nonzero()[:, 0]
+                active, step_ids, b = active[keep], step_ids[keep], int(keep.numel())
+                keys = [k.index_select(0, keep) for k in keys]
+                values = [v.index_select(0, keep) for v in values]
+                for i, kv in enumerate(cross_kv):
+                    if kv is not None:
+                        cross_kv[i] = (kv[0].index_select(0, keep), kv[1].index_select(0, keep))
+                        cross[i] = torch.ops.quasr_cpu.attention_pack(*cross_kv[i]) if packed else cross_kv[i]
         return ids
