@@ -7,7 +7,8 @@ Shapes (batch, heads, frames, head size): whisper-tiny 1 x 6 x 1500 x 64, whispe
 batch 8 of tiny, moonshine-base 8 heads of 52 over 10 s of audio (about 415 frames). Inputs are
 [B, T, H, D] projections viewed as [B, H, T, D], as transformers passes them. Then a Whisper decoder
 step's cross-attention: one query row per head against 1500 keys and values packed once per clip
-(quasr_cpu::attention_pack / attention_packed, as adapters/whisper_greedy.py runs it)."""
+(quasr_cpu::attention_pack / attention_packed, as adapters/whisper_greedy.py runs it). Beside them,
+torch's SDPA on bf16 operands: what integrations/attention.py runs on CPUs with AMX-BF16."""
 
 from __future__ import annotations
 
@@ -46,8 +47,9 @@ def main():
         raise SystemExit("this CPU has no AVX-512 BF16: quasr::attention runs only its portable path here; nothing to time")
     print(f"{machine_description()}; AVX-512 BF16 yes (quasr::attention runs its SIMD path)")
     print(f"{a.threads} threads, median of {a.repeats}\n")
-    print("| heads | torch fp32 SDPA ms | quasr bf16 ms | speed-up | relative error |")
-    print("|---|---:|---:|---:|---:|")
+    print("| heads | torch fp32 SDPA ms | quasr bf16 ms | speed-up | relative error | torch SDPA on bf16 ms "
+          "(the AMX-BF16 engine; incl. casts) | its speed-up | its relative error |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     g = torch.Generator().manual_seed(0)
     for name, (b, h, t, d) in SHAPES.items():
         q, k, v = (torch.randn(b, t, h, d, generator=g).transpose(1, 2) for _ in range(3))
@@ -57,7 +59,14 @@ def main():
         err = ((ours - exact).norm() / exact.norm()).item()
         t_sdpa = timed(lambda: F.scaled_dot_product_attention(q, k, v, scale=scale), a.repeats)
         t_ours = timed(lambda: torch.ops.quasr.attention(q, k, v, scale, 0), a.repeats)
-        print(f"| {name}: {b} x {h} x {t} x {d} | {t_sdpa:.2f} | {t_ours:.2f} | {t_sdpa / t_ours:.2f} | {err:.1e} |")
+
+        def sdpa_bf16():  # what integrations.attention runs on AMX-BF16 CPUs
+            return F.scaled_dot_product_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), scale=scale).float()
+
+        err_bf16 = ((sdpa_bf16() - exact).norm() / exact.norm()).item()
+        t_bf16 = timed(sdpa_bf16, a.repeats)
+        print(f"| {name}: {b} x {h} x {t} x {d} | {t_sdpa:.2f} | {t_ours:.2f} | {t_sdpa / t_ours:.2f} | {err:.1e} "
+              f"| {t_bf16:.2f} | {t_sdpa / t_bf16:.2f} | {err_bf16:.1e} |")
     # A decoder step's cross-attention: one query row per head against keys and values packed once per clip.
     for name, (b, h, d) in {"whisper-tiny decoder step": (1, 6, 64), "whisper-base decoder step": (1, 8, 64),
                             "whisper-tiny decoder step, batch 8": (8, 6, 64)}.items():
@@ -70,7 +79,7 @@ def main():
         t_sdpa = timed(lambda: F.scaled_dot_product_attention(q, k, v, scale=d ** -0.5), a.repeats * 10)
         t_ours = timed(lambda: torch.ops.quasr_cpu.attention_packed(q, pack, 1500, d ** -0.5), a.repeats * 10)
         print(f"| {name}: {b} x {h} x 1 x {d} against 1500 packed keys | {t_sdpa:.3f} | {t_ours:.3f} "
-              f"| {t_sdpa / t_ours:.2f} | {err:.1e} |")
+              f"| {t_sdpa / t_ours:.2f} | {err:.1e} | | | |")
 
 
 if __name__ == "__main__":

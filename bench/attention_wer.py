@@ -1,5 +1,6 @@
 """Does quasr's bf16 encoder attention change what a quantized model transcribes? The `--bits 4` preset of
-each model with torch's float32 attention (QUASR_ATTENTION=exact) and with quasr::attention, on the same
+each model with torch's float32 attention (QUASR_ATTENTION=exact) and with the bf16 attention the default
+picks on this CPU (quasr::attention, or torch's SDPA on bf16 operands on AMX-BF16 CPUs), on the same
 clips: WER on the labelled English sets, and on unlabelled LibriSpeech the word disagreement of the bf16
 transcripts with the exact ones, plus early stops and loops (python/quasr/faults.py). The control row is
 torch's eager float32 attention: exact too, only its sums run in another order, so its disagreement
@@ -38,15 +39,16 @@ def main():
     p.add_argument("--batch", type=int, default=8)
     a = p.parse_args()
     torch.set_num_threads(2)
-    if not attention.kernel_available():
-        raise SystemExit("quasr::attention's bf16 path does not run here (no AVX-512 BF16): nothing to compare")
+    if not attention.auto_uses_bf16():
+        raise SystemExit("the default attention here is torch's float32 SDPA (no bf16 engine measured faster on this "
+                         "CPU; `quasr info` says why): nothing to compare")
     speech = Path(a.speech)
     labelled = {"prompts (en)": load_clips(speech / "prompts", language="en"),
                 "clips (en)": load_clips(speech / "clips", language="en")}
     unlabelled = load_clips(speech / "librispeech", limit=a.unlabelled)
     norm = normalizer("en")
-    print(f"{machine_description()}; `quasr --bits 4` preset (RTN g{default_group_size(4)}, int8 activations), "
-          f"greedy, batch {a.batch}\n")
+    print(f"{machine_description()}; bf16 attention engine: {attention.bf16_engine()}; `quasr --bits 4` preset "
+          f"(RTN g{default_group_size(4)}, int8 activations), greedy, batch {a.batch}\n")
     print("| model | set | clips | WER: SDPA fp32 / bf16 / eager fp32 % | word disagreement with SDPA: bf16 / eager % "
           "| stopped early / looped: SDPA; bf16; eager | seconds SDPA / bf16 |")
     print("|---|---|---:|---|---|---|---|")

@@ -2,6 +2,9 @@
 plain-torch reference of the same math, on random shapes; the transformers routing
 (integrations/attention.py) on the three families' small configs."""
 
+import platform
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,6 +16,18 @@ from quasr.kernels.registry import BACKENDS
 
 CPU = BACKENDS["cpu"]
 needs_cpu = pytest.mark.skipif(not CPU.available(), reason="native CPU extension not built")
+
+# The CPUs the engine choice is made for: (vendor, flags) as /proc/cpuinfo gives them.
+CPUS = {"amd-avx512-bf16": ("AuthenticAMD", frozenset()), "intel-amx": ("GenuineIntel", frozenset({"amx_bf16"})),
+        "intel-no-amx": ("GenuineIntel", frozenset())}
+
+
+def _pretend(monkeypatch, cpu: str) -> None:
+    vendor, flags = CPUS[cpu]
+    monkeypatch.setattr(attention, "cpu_vendor", lambda: vendor)
+    monkeypatch.setattr(attention, "cpu_flags", lambda: flags)
+
+
 PATHS = [pytest.param(1, id="avx512-bf16", marks=pytest.mark.skipif(not CPU.has_bf16_attention(),
                                                                      reason="this CPU has no AVX-512 BF16")),
          pytest.param(2, id="portable")]
@@ -110,7 +125,8 @@ def test_routing_falls_back_to_sdpa(case):
 
 
 @needs_cpu
-def test_routing_runs_the_kernel_on_encoder_shapes():
+def test_routing_runs_the_kernel_on_encoder_shapes(monkeypatch):
+    _pretend(monkeypatch, "amd-avx512-bf16")  # the kernel is the engine without AMX
     q, k, v = _qkv((2, 2, attention.MIN_QUERIES, 90, 16), seed=2)
     out, _ = attention.quasr_attention(_Module(), q, k, v, None, scaling=0.25)
     assert out.shape == (2, attention.MIN_QUERIES, 2, 16)  # transformers' [B, T, H, D]
@@ -118,13 +134,17 @@ def test_routing_runs_the_kernel_on_encoder_shapes():
 
 
 @needs_cpu
+@pytest.mark.parametrize("cpu", ["amd-avx512-bf16", "intel-amx"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_quantized_models_use_it_where_available(family, monkeypatch):
+def test_quantized_models_use_it_where_available(family, cpu, monkeypatch):
     from quasr.adapters import get_adapter
     from quasr.methods import quantize
     from quasr.plan import uniform_plan
 
     monkeypatch.delenv(attention.ENV, raising=False)
+    _pretend(monkeypatch, cpu)  # CPUs where auto takes bf16 attention (torch's bf16 SDPA runs on any CPU)
+    bf16 = attention.auto_uses_bf16()
+    assert bf16 == (cpu == "intel-amx" or CPU.has_bf16_attention())
     model, processor = tiny_family(family)
     assert model.config._attn_implementation == "sdpa"
     x = torch.randn(1, 80, 3000) if family == "whisper" else torch.randn(1, 48000)  # >= MIN_QUERIES frames
@@ -132,8 +152,7 @@ def test_quantized_models_use_it_where_available(family, monkeypatch):
     with torch.no_grad():
         before = encoder(x).last_hidden_state
     quantize(get_adapter(model, processor), uniform_plan(model, 8, 32), None, "rtn", progress=False)
-    want = attention.NAME if CPU.has_bf16_attention() else "sdpa"
-    assert model.config._attn_implementation == want
+    assert model.config._attn_implementation == (attention.NAME if bf16 else "sdpa")
     with torch.no_grad():
         after = encoder(x).last_hidden_state
         assert attention.enable(model, "exact") == "sdpa" and model.config._attn_implementation == "sdpa"
@@ -142,7 +161,7 @@ def test_quantized_models_use_it_where_available(family, monkeypatch):
     # attention close to the exact one on the same quantized weights
     assert ((after - before).norm() / before.norm()) < 5e-2
     assert ((after - exact).norm() / exact.norm()) < 2e-2
-    assert torch.equal(after, exact) != CPU.has_bf16_attention()  # the kernel ran where it is available
+    assert torch.equal(after, exact) != bf16  # bf16 attention ran where auto takes it
 
 
 def test_mode_from_env(monkeypatch):
@@ -155,7 +174,7 @@ def test_mode_from_env(monkeypatch):
     assert attention.enable(model) == "sdpa"
     with pytest.raises(ValueError, match="expected one of"):
         attention.enable(model, "fp16")
-    if not CPU.has_bf16_attention():
+    if attention.bf16_engine() is None:
         with pytest.raises(RuntimeError, match="AVX-512 BF16"):
             attention.enable(model, "bf16")
     with pytest.raises(ValueError, match="settable attention"):
@@ -173,6 +192,7 @@ def test_saved_model_does_not_carry_the_choice(tmp_path, monkeypatch):
     from quasr.serialize import save_quantized
 
     monkeypatch.delenv(attention.ENV, raising=False)
+    _pretend(monkeypatch, "amd-avx512-bf16")
     model, processor = tiny_family("whisper")
     quantize(get_adapter(model, processor), uniform_plan(model, 4, 32), None, "rtn", progress=False)
     save_quantized(model, processor, tmp_path / "q")
@@ -184,12 +204,74 @@ def test_saved_model_does_not_carry_the_choice(tmp_path, monkeypatch):
     assert loaded.config._attn_implementation == (attention.NAME if CPU.has_bf16_attention() else "sdpa")
 
 
-def test_info_names_the_attention():
+@pytest.mark.parametrize("cpu", list(CPUS))
+def test_info_names_the_attention(cpu, monkeypatch):
     from quasr.ops import native_status
 
     if not CPU.available():
         pytest.skip("native CPU extension not built")
-    assert ("avx512-bf16" if CPU.has_bf16_attention() else "SDPA") in native_status().split("encoder attention")[1]
+    monkeypatch.delenv(attention.ENV, raising=False)
+    _pretend(monkeypatch, cpu)
+    named = native_status().split("encoder attention")[1]
+    if cpu == "intel-amx":
+        assert "torch's SDPA on bf16 operands (AMX-BF16" in named
+    elif cpu == "amd-avx512-bf16" and CPU.has_bf16_attention():
+        assert "avx512-bf16 (bf16" in named
+    else:
+        assert "float32 SDPA" in named
+    monkeypatch.setenv(attention.ENV, "exact")
+    assert "float32 SDPA" in native_status().split("encoder attention")[1]
+
+
+@needs_cpu
+def test_auto_takes_bf16_only_where_it_was_measured_faster(monkeypatch):
+    """On an Intel Xeon quasr's kernel took 1.14-1.28x float32 SDPA's time and torch's bf16
+    SDPA on AMX 0.42-0.48x (bench/RESULTS.md): auto follows, bf16 forces the engine there is, and auto
+    afterwards goes back."""
+    monkeypatch.delenv(attention.ENV, raising=False)
+    model, _ = tiny_family("whisper")
+    _pretend(monkeypatch, "intel-no-amx")
+    assert attention.bf16_engine() == ("kernel" if CPU.has_bf16_attention() else None)
+    assert not attention.auto_uses_bf16()
+    assert attention.enable(model) == "sdpa" and model.config._attn_implementation == "sdpa"
+    if CPU.has_bf16_attention():
+        assert attention.enable(model, "bf16") == attention.NAME  # forced: quasr's kernel
+        assert attention.enable(model, "auto") == "sdpa"
+    else:
+        with pytest.raises(RuntimeError, match="AVX-512 BF16"):
+            attention.enable(model, "bf16")
+    _pretend(monkeypatch, "intel-amx")
+    assert attention.bf16_engine() == "sdpa-bf16" and attention.auto_uses_bf16()
+    assert attention.enable(model) == attention.NAME
+    _pretend(monkeypatch, "amd-avx512-bf16")
+    assert attention.auto_uses_bf16() == CPU.has_bf16_attention()
+
+
+@pytest.mark.parametrize("shape", [(1, 6, 300, 64), (2, 3, 70, 52)], ids=lambda s: "x".join(map(str, s)))
+def test_the_amx_engine_is_bf16_sdpa(shape, monkeypatch):
+    """quasr_attention on an AMX-BF16 CPU: torch's SDPA on bf16-rounded q, k, v, as a float32 result in
+    transformers' [B, T, H, D] layout, close to float32 SDPA."""
+    _pretend(monkeypatch, "intel-amx")
+    b, h, t, d = shape
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(b, t, h, d, generator=g).transpose(1, 2) for _ in range(3))
+    module = torch.nn.Module()
+    module.is_causal = False
+    with torch.no_grad():
+        out, _ = attention.quasr_attention(module, q, k, v, None, scaling=0.2)
+    want = F.scaled_dot_product_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), scale=0.2).float().transpose(1, 2)
+    exact = F.scaled_dot_product_attention(q, k, v, scale=0.2).transpose(1, 2)
+    assert out.dtype == torch.float32 and out.shape == (b, t, h, d)
+    assert torch.equal(out, want)
+    assert (out - exact).norm() / exact.norm() < 1e-2
+
+
+@pytest.mark.skipif(not (sys.platform.startswith("linux") and platform.machine() in ("x86_64", "AMD64")),
+                    reason="x86 Linux names the vendor and flags in /proc/cpuinfo")
+def test_the_cpu_vendor_and_flags_are_read_from_linux():
+    assert attention.cpu_vendor() in ("AuthenticAMD", "GenuineIntel", "HygonGenuine", "CentaurHauls")
+    assert {"sse2", "fpu"} <= attention.cpu_flags()
+    assert ("avx512_bf16" in attention.cpu_flags()) == CPU.has_bf16_attention() or not CPU.available()
 
 
 @pytest.mark.skipif(not CPU.has_bf16_attention(), reason="this CPU has no AVX-512 BF16")

@@ -98,7 +98,19 @@ def native_status() -> str:
     if not cpu.available():
         return f"reference only ({cpu.status()})"
     floats = "AVX2+FMA" if cpu.has_avx2() else "portable scalar (no AVX2)"
-    attention = ("avx512-bf16 (bf16 operands; QUASR_ATTENTION=exact for torch's)" if cpu.has_bf16_attention()
-                 else "torch's float32 SDPA (no AVX-512 BF16)")
+    from .integrations import attention as attn
+
+    mode, engine = attn.mode_from_env(), attn.bf16_engine()
+    if engine is None:
+        attention = "torch's float32 SDPA (no AVX-512 BF16)"
+    elif mode == "exact":
+        attention = f"torch's float32 SDPA ({attn.ENV}=exact)"
+    elif mode == "auto" and not attn.auto_uses_bf16():
+        attention = (f"torch's float32 SDPA (quasr's avx512-bf16 kernel was not measured faster than it on "
+                     f"{attn.cpu_vendor() or 'these'} CPUs without AMX; {attn.ENV}=bf16 forces it)")
+    elif engine == "sdpa-bf16":
+        attention = f"torch's SDPA on bf16 operands (AMX-BF16; {attn.ENV}=exact for float32)"
+    else:
+        attention = f"avx512-bf16 (bf16 operands; {attn.ENV}=exact for torch's)"
     return (f"native CPU kernels: {floats} (float activations), {cpu.int8_isa()} (int8 activations); "
             f"encoder attention of quantized models: {attention}")
