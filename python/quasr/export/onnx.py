@@ -223,6 +223,9 @@ def export_onnx(model, processor, out: str | Path, accuracy_level="auto", opset:
             raise OnnxExportError(f"ONNX export needs {package}: pip install 'quasr[onnx]'") from None
     family = _family(model)
     work = copy.deepcopy(model).to("cpu").float().eval()
+    from ..integrations import attention
+
+    attention.enable(work, "exact")  # ONNX Runtime runs its own float32 attention: trace and check against torch's
     modules = to_ort_modules(work, accuracy_level)
     report = OnnxReport(layers=layer_report(modules), accuracy_level=str(accuracy_level))
     with OutputFolder(out, overwrite) as stage:
