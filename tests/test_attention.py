@@ -225,7 +225,7 @@ def test_info_names_the_attention(cpu, monkeypatch):
 
 @needs_cpu
 def test_auto_takes_bf16_only_where_it_was_measured_faster(monkeypatch):
-    """On an Intel Xeon quasr's kernel took 1.14-1.28x float32 SDPA's time and torch's bf16
+    """On an Intel Xeon quasr's kernel took 1.14-1.29x float32 SDPA's time and torch's bf16
     SDPA on AMX 0.42-0.48x (bench/RESULTS.md): auto follows, bf16 forces the engine there is, and auto
     afterwards goes back."""
     monkeypatch.delenv(attention.ENV, raising=False)

@@ -44,7 +44,7 @@ def kernel_available() -> bool:
 
 
 # CPU vendors without AMX on which quasr's kernel was measured faster than torch's float32 SDPA at
-# Whisper's encoder heads (bench/attention.py, bench/RESULTS.md); on an Intel Xeon it was slower (1.14-1.28x),
+# Whisper's encoder heads (bench/attention.py, bench/RESULTS.md); on an Intel Xeon it was slower (1.14-1.29x),
 # so "auto" keeps float32 SDPA on other vendors' CPUs without AMX until someone measures them.
 KERNEL_FASTER_ON_VENDORS = ("AuthenticAMD",)
 
