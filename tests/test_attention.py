@@ -253,12 +253,9 @@ def test_the_amx_engine_is_bf16_sdpa(shape, monkeypatch):
     transformers' [B, T, H, D] layout, close to float32 SDPA."""
     _pretend(monkeypatch, "intel-amx")
     b, h, t, d = shape
-    g = torch.Generator().manual_seed(5)
-    q, k, v = (torch.randn(b, t, h, d, generator=g).transpose(1, 2) for _ in range(3))
-    module = torch.nn.Module()
-    module.is_causal = False
+    q, k, v = _qkv((b, h, t, t, d), seed=5, strided=True)
     with torch.no_grad():
-        out, _ = attention.quasr_attention(module, q, k, v, None, scaling=0.2)
+        out, _ = attention.quasr_attention(_Module(), q, k, v, None, scaling=0.2)
     want = F.scaled_dot_product_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), scale=0.2).float().transpose(1, 2)
     exact = F.scaled_dot_product_attention(q, k, v, scale=0.2).transpose(1, 2)
     assert out.dtype == torch.float32 and out.shape == (b, t, h, d)
